@@ -1,0 +1,219 @@
+"""The base class every weighting strategy derives from."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from mtlweight._validation import Losses, check_finite, check_min_tasks, normalise_losses
+
+__all__ = ["Weighting"]
+
+
+class Weighting(nn.Module, ABC):
+    r"""Base class of the loss-weighting strategies.
+
+    A strategy turns the per-task losses :math:`L_1, \dots, L_T` of one
+    training step into weights :math:`w_t` and returns the total
+
+    .. math::
+
+        L = \sum_{t=1}^{T} \operatorname{sg}(w_t)\, L_t
+
+    where :math:`\operatorname{sg}` is stop-gradient: the weights are constants
+    for the backward pass. Use it in place of ``loss.backward()``::
+
+        total = weighting(losses)   # or weighting.backward(losses)
+        total.backward()
+        optimizer.step()
+
+    It is an :class:`torch.nn.Module`, so it moves with ``.to(device)``, saves
+    and restores with ``state_dict`` (so a resumed run continues identically),
+    and supports forward hooks.
+
+    The shared work happens here, once: task names are normalised (a dict
+    keeps its keys, a list/tuple is named ``"0"``, ``"1"``, ...), every loss is
+    checked (a scalar, finite), the weights of each call are kept in
+    :attr:`weights` and the bounded :attr:`history`, and the per-step
+    statistics a strategy computes (loss values, gradient norms) go through
+    :meth:`statistic`, the one place where they are averaged across processes
+    under :mod:`torch.distributed`.
+
+    Parameters
+    ----------
+    tasks
+        Optional task names. When given, every call must use exactly these
+        names; stateful strategies fix them at their first call anyway.
+    history_size
+        How many past weight vectors :attr:`history` keeps (oldest dropped).
+    sync
+        Average the per-step statistics across processes when
+        :mod:`torch.distributed` is initialised, so that every rank computes
+        the same weights (default ``True``).
+
+    Notes
+    -----
+    Subclasses implement :meth:`compute_weights`. Class attribute
+    ``min_tasks`` is the smallest number of tasks a strategy accepts;
+    ``stateful`` strategies fix the task names at the first call.
+    """
+
+    min_tasks: int = 1
+    stateful: bool = False
+    _why_min_tasks: str = ""
+
+    def __init__(
+        self,
+        tasks: Sequence[str] | None = None,
+        *,
+        history_size: int = 10_000,
+        sync: bool = True,
+    ) -> None:
+        super().__init__()
+        if history_size < 1:
+            raise ValueError(f"history_size must be >= 1; found {history_size}")
+        self.tasks: list[str] | None = None if tasks is None else [str(t) for t in tasks]
+        if self.tasks is not None and len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"task names must be unique; found {self.tasks}")
+        self.history_size = history_size
+        self.history: deque[dict[str, float]] = deque(maxlen=history_size)
+        self.sync = sync
+        self.step = 0
+        self.statistics: dict[str, Tensor] = {}
+        self._weights: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- API
+    @property
+    def weights(self) -> dict[str, float]:
+        """Weights of the last call, by task name, as plain floats."""
+        return dict(self._weights)
+
+    def forward(self, losses: Losses, *, representation: Tensor | None = None) -> Tensor:
+        """Return :math:`\\sum_t \\operatorname{sg}(w_t) L_t` for this step's ``losses``.
+
+        Parameters
+        ----------
+        losses
+            A dict of task name -> scalar tensor, or a list/tuple of scalar tensors.
+        representation
+            A shared intermediate tensor, for strategies that take gradients with
+            respect to it (ignored by the others).
+        """
+        names, values = normalise_losses(losses)
+        self._check_tasks(names)
+        check_min_tasks(names, self.min_tasks, type(self).__name__, self._why_min_tasks)
+        dtype = torch.float64 if any(v.dtype == torch.float64 for v in values) else torch.float32
+        detached = torch.stack([v.detach().reshape(()).to(dtype) for v in values])
+        check_finite(names, detached, "loss")
+        weights = self.compute_weights(
+            names, values, detached, representation=representation
+        ).detach()
+        self._record(names, weights)
+        total = values[0].reshape(()) * weights[0].to(values[0].dtype)
+        for w, v in zip(weights[1:], values[1:], strict=True):
+            total = total + v.reshape(()) * w.to(v.dtype)
+        return total
+
+    def backward(self, losses: Losses, *, representation: Tensor | None = None) -> dict[str, float]:
+        """Weight ``losses``, backpropagate the total and return the weights used.
+
+        Equivalent to ``self(losses, representation=...).backward()``; gradients
+        accumulate into ``.grad`` as with ``loss.backward()``.
+        """
+        self(losses, representation=representation).backward()
+        return self.weights
+
+    @abstractmethod
+    def compute_weights(
+        self,
+        names: list[str],
+        losses: list[Tensor],
+        values: Tensor,
+        *,
+        representation: Tensor | None = None,
+    ) -> Tensor:
+        """Return the weights, shape ``(T,)``, for this step.
+
+        ``losses`` are the checked loss tensors (with their graphs), ``values``
+        their detached values stacked in float32 (float64 if any loss is).
+        """
+
+    def statistic(self, name: str, value: Tensor) -> Tensor:
+        """Record a per-step statistic, averaged across processes; return it.
+
+        This is the single place where strategies keep what they measure
+        (``"loss"``, ``"grad_norm"``, ...). Under an initialised
+        :mod:`torch.distributed` process group with ``sync=True``, the value is
+        all-reduced (mean) so that every rank computes identical weights.
+        """
+        value = value.detach()
+        if self.sync and dist.is_available() and dist.is_initialized():
+            value = value.clone()
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+            value = value / dist.get_world_size()
+        self.statistics[name] = value
+        return value
+
+    # ------------------------------------------------------------ helpers
+    def _check_tasks(self, names: list[str]) -> None:
+        if self.tasks is None:
+            if self.stateful:
+                self.tasks = list(names)
+            return
+        missing = [t for t in self.tasks if t not in names]
+        if missing:
+            raise ValueError(
+                f"task {missing[0]!r} is missing from the losses: {type(self).__name__} was "
+                f"configured with tasks {self.tasks}; found {names}"
+            )
+        unknown = [t for t in names if t not in self.tasks]
+        if unknown:
+            raise ValueError(
+                f"unknown task {unknown[0]!r}: {type(self).__name__} was configured with tasks "
+                f"{self.tasks}; found {names}"
+            )
+
+    def _record(self, names: list[str], weights: Tensor) -> None:
+        self._weights = dict(zip(names, weights.tolist(), strict=True))
+        self.history.append(self._weights)
+        self.step += 1
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {
+            "tasks": self.tasks,
+            "step": self.step,
+            "weights": dict(self._weights),
+            "history": [dict(h) for h in self.history],
+        }
+
+    def set_extra_state(self, state: Any) -> None:
+        if not isinstance(state, dict) or not {"tasks", "step", "history"} <= set(state):
+            raise ValueError(
+                f"{type(self).__name__}: the state to load is not a weighting state "
+                f"(expected keys tasks, step, history; found {type(state).__name__})"
+            )
+        self.tasks = None if state["tasks"] is None else list(state["tasks"])
+        self.step = int(state["step"])
+        self._weights = dict(state.get("weights", {}))
+        self.history = deque((dict(h) for h in state["history"]), maxlen=self.history_size)
+
+    def extra_repr(self) -> str:
+        return "" if self.tasks is None else f"tasks={self.tasks}"
+
+
+def balance(values: Tensor) -> Tensor:
+    r"""The paper's balancing rule :math:`w_t = 1 - x_t / \sum_j x_j`.
+
+    When every :math:`x_t` is zero the weights are all :math:`1 - 1/T`, the
+    value of the rule for equal :math:`x_t`. No device sync.
+    """
+    total = values.sum()
+    count = values.numel()
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    return torch.where(total > 0, 1.0 - values / safe, torch.full_like(values, 1.0 - 1.0 / count))

@@ -1,0 +1,109 @@
+"""The paper's gradient-balanced weighting (GB, Algorithm 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import Tensor, nn
+
+from mtlweight._base import Weighting, balance
+from mtlweight._validation import check_finite
+from mtlweight.autograd import as_inputs, grad_norms
+
+__all__ = ["GradientBalance"]
+
+
+class GradientBalance(Weighting):
+    r"""Gradient-balanced weighting (GB) of `Multi-Task Learning Enhanced
+    Single Image De-Raining` (Fan, Chen and Li), Algorithm 1.
+
+    .. math::
+
+        g_t = \lVert \nabla_\theta L_t \rVert_2, \qquad
+        w_t = 1 - \frac{g_t}{\sum_{j=1}^{T} g_j}
+
+    where:
+
+    - :math:`\theta` are the shared parameters, all of them together (one
+      norm over their concatenation), or a shared representation;
+    - :math:`L_t` is the loss of task :math:`t` at this step;
+    - :math:`T \ge 2` is the number of tasks.
+
+    A task whose gradient dominates the shared parameters is down-weighted.
+    The weights lie in :math:`[0, 1]`, sum to :math:`T - 1`, are constants for
+    the backward pass, and are invariant to scaling every loss by one factor
+    (so they are unchanged under :class:`torch.amp.GradScaler`). A task whose
+    loss does not reach :math:`\theta` has :math:`g_t = 0` (weight 1 unless all
+    are zero); if all norms are zero the weights are all :math:`1 - 1/T`.
+
+    The norms come from :func:`mtlweight.autograd.grad_norms`: ``T`` backward
+    passes that stop at :math:`\theta`, write no ``.grad`` and keep the graph
+    for ``total.backward()``. Their cost depends on how deep :math:`\theta`
+    sits: the last layer (the paper's choice) or a representation near the
+    output is cheap; all parameters costs ``T`` full backward passes.
+
+    Parameters
+    ----------
+    shared
+        The shared parameters: a module (its trainable parameters) or an
+        iterable of tensors. May be ``None`` if every call passes
+        ``representation=``.
+    **kwargs
+        Passed to :class:`~mtlweight.Weighting` (``tasks``, ``history_size``, ``sync``).
+
+    Raises
+    ------
+    ValueError
+        With fewer than two tasks, or neither ``shared`` nor ``representation``.
+    FloatingPointError
+        If a loss or a gradient norm is NaN or infinite (naming the task).
+
+    .. note::
+        The authors' code takes the norm over the kernel of the last
+        convolution only; pass that layer as ``shared`` to do the same.
+
+    Examples
+    --------
+    >>> import torch, mtlweight as mw
+    >>> head = torch.nn.Linear(1, 1, bias=False)
+    >>> _ = head.weight.data.fill_(1.0)
+    >>> x = torch.tensor([[2.0]])
+    >>> gb = mw.GradientBalance(shared=head)
+    >>> y = head(x).sum()
+    >>> total = gb({"a": y, "b": 3 * y})  # gradient norms 2 and 6
+    >>> gb.weights
+    {'a': 0.75, 'b': 0.25}
+    >>> total.backward()
+    """
+
+    min_tasks = 2
+    _why_min_tasks = "with a single task its weight 1 - g/g is always zero"
+
+    def __init__(
+        self, shared: nn.Module | Iterable[Tensor] | None = None, **kwargs: object
+    ) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        # A plain list: the shared parameters belong to the user's model, not
+        # to this module's state_dict.
+        self._shared: list[Tensor] | None = None if shared is None else as_inputs(shared)
+
+    def compute_weights(
+        self,
+        names: list[str],
+        losses: list[Tensor],
+        values: Tensor,
+        *,
+        representation: Tensor | None = None,
+    ) -> Tensor:
+        if representation is not None:
+            inputs: list[Tensor] = as_inputs(representation)
+        elif self._shared is not None:
+            inputs = self._shared
+        else:
+            raise ValueError(
+                "GradientBalance needs the shared parameters (GradientBalance(shared=...)) or a "
+                "shared tensor (weighting(losses, representation=features))"
+            )
+        norms = self.statistic("grad_norm", grad_norms(losses, inputs).to(values))
+        check_finite(names, norms, "gradient norm")
+        return balance(norms)

@@ -1,0 +1,99 @@
+"""The one validation helper used at the top of every public function.
+
+Every error names what was expected and what was found: the task, the shape,
+the value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+Losses = Mapping[str, Tensor] | Sequence[Tensor]
+
+
+def task_names(count: int) -> list[str]:
+    """Names given to tasks passed as a sequence: ``"0"``, ``"1"``, ..."""
+    return [str(i) for i in range(count)]
+
+
+def normalise_losses(losses: Losses) -> tuple[list[str], list[Tensor]]:
+    """Split ``losses`` into task names and scalar tensors, checking each one.
+
+    A mapping keeps its keys (in insertion order); a sequence gets the names
+    ``"0"``, ``"1"``, ...
+    """
+    if isinstance(losses, Tensor):
+        raise TypeError(
+            "losses must be a dict of task name -> scalar tensor, or a list/tuple of scalar "
+            f"tensors; found a single tensor of shape {tuple(losses.shape)}"
+        )
+    if isinstance(losses, Mapping):
+        names = [str(k) for k in losses.keys()]
+        values = list(losses.values())
+    elif isinstance(losses, Sequence):
+        values = list(losses)
+        names = task_names(len(values))
+    else:
+        raise TypeError(
+            "losses must be a dict of task name -> scalar tensor, or a list/tuple of scalar "
+            f"tensors; found {type(losses).__name__}"
+        )
+    if not values:
+        raise ValueError("losses is empty: give at least one task")
+    for name, value in zip(names, values, strict=True):
+        check_scalar(name, value)
+    if len({v.device for v in values}) > 1:
+        found = ", ".join(f"{n}: {v.device}" for n, v in zip(names, values, strict=True))
+        raise ValueError(f"all losses must be on one device; found {found}")
+    return names, values
+
+
+def check_scalar(name: str, value: object) -> None:
+    """Raise ``ValueError``/``TypeError`` unless ``value`` is a scalar floating tensor."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"loss of task {name!r} is a {type(value).__name__}, expected a tensor")
+    if value.numel() != 1 or value.dim() > 1:
+        raise ValueError(
+            f"loss of task {name!r} must be a scalar tensor; found shape {tuple(value.shape)} "
+            "(reduce it, e.g. with .mean(), before weighting)"
+        )
+    if not value.is_floating_point():
+        raise ValueError(f"loss of task {name!r} must be floating point; found {value.dtype}")
+
+
+def check_scalar_losses(losses: Sequence[Tensor]) -> None:
+    """Check a sequence of losses, naming tasks by position."""
+    if isinstance(losses, Tensor) or not isinstance(losses, Sequence):
+        raise TypeError(f"losses must be a list/tuple of scalar tensors; found {type(losses)}")
+    if not losses:
+        raise ValueError("losses is empty: give at least one task")
+    for i, value in enumerate(losses):
+        check_scalar(str(i), value)
+
+
+def check_finite(names: Sequence[str], values: Tensor, what: str) -> None:
+    """Raise ``FloatingPointError`` naming the first task whose value is NaN or infinite.
+
+    ``values`` is a 1-D tensor with one entry per task. One device sync.
+    """
+    finite = torch.isfinite(values)
+    if bool(finite.all()):
+        return
+    bad = [names[i] for i in (~finite).nonzero().flatten().tolist()]
+    shown = {names[i]: float(values[i]) for i in (~finite).nonzero().flatten().tolist()}
+    raise FloatingPointError(
+        f"{what} of task {bad[0]!r} is not finite ({shown[bad[0]]}); all non-finite: {shown}"
+    )
+
+
+def check_min_tasks(names: Sequence[str], minimum: int, strategy: str, why: str = "") -> None:
+    """Raise ``ValueError`` if fewer than ``minimum`` tasks are given."""
+    if len(names) < minimum:
+        reason = f": {why}" if why else ""
+        raise ValueError(
+            f"{strategy} needs at least {minimum} tasks{reason}; found {len(names)} "
+            f"({list(names)})"
+        )

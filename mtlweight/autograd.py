@@ -1,0 +1,166 @@
+"""Per-task gradients and gradient norms that never touch ``.grad``.
+
+Both functions use :func:`torch.autograd.grad`, so they
+
+* leave every ``.grad`` attribute as it was (nothing is accumulated),
+* keep the autograd graph (``retain_graph=True`` by default), so a later
+  ``total.backward()`` still works,
+* count an input that a loss does not reach as a zero gradient.
+
+The ``inputs`` may be parameters (``model.parameters()``, a module) or any
+tensors of the graph that require grad, such as a shared representation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtlweight._validation import check_scalar_losses
+
+__all__ = ["as_inputs", "grad_norms", "task_gradients"]
+
+
+def as_inputs(inputs: nn.Module | Tensor | Iterable[Tensor]) -> list[Tensor]:
+    """Turn a module, a tensor or an iterable of tensors into a list of inputs.
+
+    Only tensors that require grad are kept; a module contributes its trainable
+    parameters. Duplicates (tied weights) are kept once.
+
+    Raises
+    ------
+    ValueError
+        If nothing that requires grad is left.
+
+    Examples
+    --------
+    >>> import torch
+    >>> len(as_inputs(torch.nn.Linear(2, 3)))
+    2
+    """
+    if isinstance(inputs, nn.Module):
+        candidates: list[Tensor] = list(inputs.parameters())
+    elif isinstance(inputs, Tensor):
+        candidates = [inputs]
+    else:
+        candidates = list(inputs)
+    seen: set[int] = set()
+    result: list[Tensor] = []
+    for i, t in enumerate(candidates):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"input {i} is a {type(t).__name__}, expected a torch.Tensor")
+        if t.requires_grad and id(t) not in seen:
+            seen.add(id(t))
+            result.append(t)
+    if not result:
+        raise ValueError(
+            f"none of the {len(candidates)} given inputs requires grad: pass trainable parameters "
+            "or a tensor that is part of the autograd graph"
+        )
+    return result
+
+
+def _grads(loss: Tensor, inputs: list[Tensor], retain_graph: bool) -> list[Tensor]:
+    if not loss.requires_grad:
+        return [torch.zeros_like(t) for t in inputs]
+    grads = torch.autograd.grad(loss, inputs, retain_graph=retain_graph, allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads, strict=True)]
+
+
+def task_gradients(
+    losses: Sequence[Tensor],
+    inputs: nn.Module | Tensor | Iterable[Tensor],
+    *,
+    retain_graph: bool = True,
+) -> Tensor:
+    r"""Matrix of flattened per-task gradients.
+
+    .. math::
+
+        J = \begin{bmatrix} \nabla_\theta L_1 & \cdots & \nabla_\theta L_T \end{bmatrix}^\top
+        \in \mathbb{R}^{T \times P}
+
+    where :math:`\theta` are the ``inputs`` flattened and concatenated
+    (:math:`P` numbers in all) and :math:`L_t` the ``losses``.
+
+    Parameters
+    ----------
+    losses
+        ``T`` scalar tensors.
+    inputs
+        Parameters, a module, or intermediate tensors of the graph.
+    retain_graph
+        Keep the graph for a later backward (default ``True``).
+
+    Returns
+    -------
+    Tensor
+        Shape ``(T, P)``, in the promoted dtype of the inputs' gradients.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([1.0, 2.0], requires_grad=True)
+    >>> task_gradients([x.sum(), (x ** 2).sum()], [x])
+    tensor([[1., 1.],
+            [2., 4.]])
+    """
+    check_scalar_losses(losses)
+    tensors = as_inputs(inputs)
+    rows = []
+    for loss in losses:
+        grads = _grads(loss, tensors, retain_graph)
+        rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    return torch.stack(rows)
+
+
+def grad_norms(
+    losses: Sequence[Tensor],
+    inputs: nn.Module | Tensor | Iterable[Tensor],
+    *,
+    retain_graph: bool = True,
+) -> Tensor:
+    r"""L2 norm of each task's gradient over all ``inputs`` together.
+
+    .. math::
+
+        g_t = \lVert \nabla_\theta L_t \rVert_2
+            = \Big(\sum_{p} \big(\partial L_t / \partial \theta_p\big)^2\Big)^{1/2}
+
+    It costs one backward pass per task, each stopping at the ``inputs``;
+    the norms are accumulated in float32 (or float64 when the gradients are
+    float64), so half-precision gradients neither overflow nor lose precision
+    in the sum of squares.
+
+    Parameters
+    ----------
+    losses
+        ``T`` scalar tensors.
+    inputs
+        Parameters, a module, or intermediate tensors of the graph.
+    retain_graph
+        Keep the graph for a later backward (default ``True``).
+
+    Returns
+    -------
+    Tensor
+        Shape ``(T,)``, detached.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([3.0, 4.0], requires_grad=True)
+    >>> grad_norms([(x ** 2).sum() / 2, x.sum()], x)
+    tensor([5.0000, 1.4142])
+    """
+    check_scalar_losses(losses)
+    tensors = as_inputs(inputs)
+    norms = []
+    for loss in losses:
+        grads = _grads(loss, tensors, retain_graph)
+        acc_dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+        squares = [g.detach().to(acc_dtype).square().sum() for g in grads]
+        norms.append(torch.stack(squares).sum().sqrt())
+    return torch.stack(norms)
