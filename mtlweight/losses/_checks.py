@@ -47,7 +47,7 @@ def check_image(x: object, *, name: str, loss: str) -> Tensor:
     TypeError
         If ``x`` is not a tensor or not of a real floating-point dtype.
     ValueError
-        If ``x`` is not 4-D.
+        If ``x`` is not 4-D or has no channel.
 
     Examples
     --------
@@ -65,6 +65,11 @@ def check_image(x: object, *, name: str, loss: str) -> Tensor:
         raise ValueError(
             f"{loss}: expected `{name}` of shape (B, C, H, W) (4-D), "
             f"found {x.ndim}-D shape {tuple(x.shape)}"
+        )
+    if x.shape[1] == 0:
+        raise ValueError(
+            f"{loss}: expected `{name}` to have at least one channel, "
+            f"found shape {tuple(x.shape)} with C = 0"
         )
     return x
 

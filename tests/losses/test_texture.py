@@ -310,6 +310,11 @@ ERRORS: list[tuple[Callable[[], object], type[Exception], str]] = [
         TypeError,
         "gram_matrix: expected `x` to have a floating-point dtype",
     ),
+    (
+        lambda: texture_matching_loss(X[:, :0], X[:, :0]),
+        ValueError,
+        "expected `pred` to have at least one channel, found shape (2, 0, 8, 8) with C = 0",
+    ),
 ]
 
 
