@@ -7,6 +7,7 @@ found, before any convolution or matrix product is attempted.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal, cast
 
 import torch
@@ -18,6 +19,7 @@ __all__ = [
     "check_image_pair",
     "check_reduction",
     "compute_dtype",
+    "full_precision",
     "reduce",
 ]
 
@@ -153,3 +155,21 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     (torch.float32, torch.float64)
     """
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """Context with :func:`torch.autocast` off on ``device``, so that ops keep the dtype we chose.
+
+    Under autocast, ``conv2d`` and ``matmul`` would otherwise run in float16/bfloat16
+    whatever the input dtype (a patch Gram at 0..255 overflows float16).
+
+    Examples
+    --------
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16), full_precision(torch.device("cpu")):
+    ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+    torch.float32
+    """
+    try:
+        return torch.autocast(device.type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know, such as "meta"
+        return contextlib.nullcontext()

@@ -11,6 +11,7 @@ from mtlweight.losses._checks import (
     check_image_pair,
     check_reduction,
     compute_dtype,
+    full_precision,
     reduce,
 )
 
@@ -24,8 +25,8 @@ def sobel_kernels(
 
     ``[0]`` is :math:`S_y` = ``[[-1, -2, -1], [0, 0, 0], [1, 2, 1]]`` (derivative
     down the rows, responds to horizontal edges) and ``[1]`` is :math:`S_x = S_y^\top`
-    (derivative along the columns, responds to vertical edges), the order of the
-    authors' code. The kernels are not divided by 8.
+    (derivative along the columns, responds to vertical edges). They are not
+    divided by 8, as in the authors' code.
 
     Examples
     --------
@@ -51,13 +52,11 @@ def _check_spatial(x: Tensor, loss: str) -> None:
 
 
 def _sobel(x: Tensor, kernels: Tensor) -> Tensor:
-    """Unchecked Sobel responses, (B, C, 2, H, W), in float32 for half-precision input."""
+    """Unchecked Sobel responses, (B, C, 2, H, W), in ``x.dtype``: call under full_precision."""
     batch, channels, height, width = x.shape
-    dtype = compute_dtype(x.dtype)
     # Depthwise: fold channels into the batch, which is groups=C without repeating kernels.
-    planes = x.to(dtype).reshape(batch * channels, 1, height, width)
-    planes = F.pad(planes, (1, 1, 1, 1), mode="reflect")
-    weight = kernels.to(device=x.device, dtype=dtype).unsqueeze(1)  # (2, 1, 3, 3)
+    planes = F.pad(x.reshape(batch * channels, 1, height, width), (1, 1, 1, 1), mode="reflect")
+    weight = kernels.to(device=x.device, dtype=x.dtype).unsqueeze(1)  # (2, 1, 3, 3)
     return F.conv2d(planes, weight).view(batch, channels, 2, height, width)
 
 
@@ -85,7 +84,7 @@ def sobel(x: Tensor) -> Tensor:
     Tensor
         Shape (B, C, 2, H, W), dtype of ``x``; index 0 of dim 2 is the vertical
         derivative, 1 the horizontal one. Half-precision inputs are computed in
-        float32 and cast back.
+        float32 and cast back; autocast is off inside.
 
     Examples
     --------
@@ -98,17 +97,20 @@ def sobel(x: Tensor) -> Tensor:
     """
     x = check_image(x, name="x", loss="sobel")
     _check_spatial(x, "sobel")
-    return _sobel(x, sobel_kernels()).to(x.dtype)
+    with full_precision(x.device):
+        return _sobel(x.to(compute_dtype(x.dtype)), sobel_kernels()).to(x.dtype)
 
 
 def _edge_aware_loss(pred: Tensor, target: Tensor, reduction: str, kernels: Tensor) -> Tensor:
     pred, target = check_image_pair(pred, target, loss="edge_aware_loss")
     red = check_reduction(reduction, loss="edge_aware_loss")
     _check_spatial(pred, "edge_aware_loss")
-    # Sobel filtering is linear, so sobel(pred) - sobel(target) == sobel(pred - target):
-    # one convolution instead of two, with the same gradient with respect to pred.
-    response = _sobel(pred - target, kernels)
-    return reduce(response.square(), red).to(pred.dtype)
+    dtype = compute_dtype(pred.dtype)
+    with full_precision(pred.device):
+        # Sobel filtering is linear, so sobel(pred) - sobel(target) == sobel(pred - target):
+        # one convolution instead of two, and no cancellation between large responses.
+        response = _sobel(pred.to(dtype) - target.to(dtype), kernels)
+        return reduce(response.square(), red).to(pred.dtype)
 
 
 def edge_aware_loss(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
@@ -139,7 +141,8 @@ def edge_aware_loss(pred: Tensor, target: Tensor, reduction: str = "mean") -> Te
     Returns
     -------
     Tensor
-        In the dtype of ``pred`` (float16/bfloat16 are computed in float32 and cast back).
+        In the dtype of ``pred``. float16/bfloat16 inputs are computed in float32 and
+        cast back; autocast is off inside, as for torch's own losses.
 
     Raises
     ------

@@ -10,6 +10,7 @@ from mtlweight.losses._checks import (
     check_image_pair,
     check_reduction,
     compute_dtype,
+    full_precision,
     reduce,
 )
 
@@ -35,9 +36,10 @@ def _check_tiling(x: Tensor, patch_size: int, loss: str) -> None:
 
 
 def _gram(x: Tensor, patch_size: int) -> Tensor:
-    """Unchecked patch Gram matrices, (B, CK², CK²), in float32 for half-precision input."""
-    patches = F.unfold(x.to(compute_dtype(x.dtype)), kernel_size=patch_size, stride=patch_size)
-    return patches @ patches.transpose(1, 2) / patches.shape[-1]  # (B, CK², M) -> / M
+    """Unchecked patch Gram matrices, (B, CK², CK²), float32 for half precision, autocast off."""
+    with full_precision(x.device):
+        patches = F.unfold(x.to(compute_dtype(x.dtype)), patch_size, stride=patch_size)
+        return patches @ patches.transpose(1, 2) / patches.shape[-1]  # (B, CK², M) -> / M
 
 
 def gram_matrix(x: Tensor, patch_size: int = 4) -> Tensor:
@@ -63,7 +65,7 @@ def gram_matrix(x: Tensor, patch_size: int = 4) -> Tensor:
     -------
     Tensor
         Shape (B, CK², CK²), symmetric, in the dtype of ``x`` (half precision is
-        computed in float32 and cast back).
+        computed in float32 and cast back; autocast is off inside).
 
     Examples
     --------
@@ -122,7 +124,8 @@ def texture_matching_loss(
     Returns
     -------
     Tensor
-        In the dtype of ``pred`` (float16/bfloat16 are computed in float32 and cast back).
+        In the dtype of ``pred``. float16/bfloat16 inputs are computed in float32 and
+        cast back; autocast is off inside, as for torch's own losses.
 
     Raises
     ------
@@ -143,8 +146,9 @@ def texture_matching_loss(
     k = _check_patch_size(patch_size, "texture_matching_loss")
     red = check_reduction(reduction, loss="texture_matching_loss")
     _check_tiling(pred, k, "texture_matching_loss")
-    per_image = (_gram(pred, k) - _gram(target, k)).square().mean(dim=(1, 2))
-    return reduce(per_image, red).to(pred.dtype)
+    with full_precision(pred.device):
+        per_image = (_gram(pred, k) - _gram(target, k)).square().mean(dim=(1, 2))
+        return reduce(per_image, red).to(pred.dtype)
 
 
 class TextureMatchingLoss(nn.Module):

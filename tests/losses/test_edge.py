@@ -218,6 +218,16 @@ def test_dtypes(dtype: torch.dtype) -> None:
     torch.testing.assert_close(out.double(), reference, rtol=rtol, atol=0.0)
 
 
+def test_autocast_does_not_lower_precision() -> None:
+    pred = 255 * rand(0, 2, 3, 16, 16, dtype=torch.float32)
+    target = 255 * rand(1, 2, 3, 16, 16, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, responses = edge_aware_loss(pred, target), sobel(pred)
+    assert out.dtype == responses.dtype == torch.float32
+    torch.testing.assert_close(out, edge_aware_loss(pred, target))
+    torch.testing.assert_close(responses, sobel(pred))
+
+
 def test_module_buffer_is_non_persistent_constant() -> None:
     module = EdgeAwareLoss()
     assert list(module.parameters()) == []

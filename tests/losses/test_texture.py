@@ -238,6 +238,17 @@ def test_dtypes(dtype: torch.dtype) -> None:
     torch.testing.assert_close(out.double(), reference, rtol=rtol, atol=0.0)
 
 
+def test_autocast_does_not_lower_precision() -> None:
+    # At 0..255 an unnormalised patch Gram would overflow float16; bfloat16 would lose digits.
+    pred = 255 * rand(0, 2, 3, 8, 8, dtype=torch.float32)
+    target = 255 * rand(1, 2, 3, 8, 8, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, gram = texture_matching_loss(pred, target), gram_matrix(pred)
+    assert out.dtype == gram.dtype == torch.float32
+    torch.testing.assert_close(out, texture_matching_loss(pred, target))
+    torch.testing.assert_close(gram, gram_matrix(pred))
+
+
 # --- errors ----------------------------------------------------------------------------------
 
 X = torch.zeros(2, 3, 8, 8)
