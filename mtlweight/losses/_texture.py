@@ -102,9 +102,9 @@ def texture_matching_loss(
 
     The paper writes :math:`\lVert G(P(y)) - G(P(\hat y)) \rVert^2` with :math:`G = PP^\top`,
     which is :math:`(CK^2 M)^2 L_t` (about :math:`2.3 \cdot 10^{10} L_t` on 224 x 224 RGB
-    crops with :math:`K = 4`). The two constants keep it on the scale of the pixel MSE: :math:`1/M` makes :math:`G`
-    a per-patch average, independent of the image size, and :math:`1/(CK^2)^2` turns
-    the squared norm into a mean over Gram entries. For images in [0, 1] every entry of
+    crops with :math:`K = 4`). The two constants keep it on the scale of the pixel MSE:
+    :math:`1/M` makes :math:`G` a per-patch average, independent of the image size, and
+    :math:`1/(CK^2)^2` turns the squared norm into a mean over Gram entries. For images in [0, 1] every entry of
     :math:`G` lies in [0, 1], so :math:`L_t` does too; it scales as :math:`s^4` with the
     intensity range (:math:`\times 255^4` at 0..255).
 
