@@ -104,9 +104,9 @@ def texture_matching_loss(
     which is :math:`(CK^2 M)^2 L_t` (about :math:`2.3 \cdot 10^{10} L_t` on 224 x 224 RGB
     crops with :math:`K = 4`). The two constants keep it on the scale of the pixel MSE:
     :math:`1/M` makes :math:`G` a per-patch average, independent of the image size, and
-    :math:`1/(CK^2)^2` turns the squared norm into a mean over Gram entries. For images in [0, 1] every entry of
-    :math:`G` lies in [0, 1], so :math:`L_t` does too; it scales as :math:`s^4` with the
-    intensity range (:math:`\times 255^4` at 0..255).
+    :math:`1/(CK^2)^2` turns the squared norm into a mean over Gram entries. For images
+    in [0, 1] every entry of :math:`G` lies in [0, 1], so :math:`L_t` does too; it scales
+    as :math:`s^4` with the intensity range (:math:`\times 255^4` at 0..255).
 
     .. note::
         The authors' released code departs from eq. 7: it sums the 48x48 Gram over
