@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from mtlweight._validation import Losses, check_finite, check_min_tasks, normalise_losses
+from mtlweight.distributed import all_reduce_mean
 
 __all__ = ["Weighting"]
 
@@ -150,13 +150,15 @@ class Weighting(nn.Module, ABC):
         This is the single place where strategies keep what they measure
         (``"loss"``, ``"grad_norm"``, ...). Under an initialised
         :mod:`torch.distributed` process group with ``sync=True``, the value is
-        all-reduced (mean) so that every rank computes identical weights.
+        all-reduced (mean, see :func:`mtlweight.distributed.all_reduce_mean`)
+        so that every rank computes identical weights. It is a collective:
+        every rank must record the same statistics, in the same order, with the
+        same shapes. Average what one process would compute on the combined
+        batch (losses, gradient vectors), not a nonlinear function of it (a
+        norm of a per-rank gradient), to make a run on ``R`` processes equal a
+        run on one.
         """
-        value = value.detach()
-        if self.sync and dist.is_available() and dist.is_initialized():
-            value = value.clone()
-            dist.all_reduce(value, op=dist.ReduceOp.SUM)
-            value = value / dist.get_world_size()
+        value = all_reduce_mean(value) if self.sync else value.detach()
         self.statistics[name] = value
         return value
 
