@@ -96,9 +96,9 @@ class RainParams:
 
 #: Calibrated presets: "light" ≈ Rain100L (26.9 dB Y input PSNR), "heavy" ≈ Rain100H (13.6 dB).
 PRESETS: dict[str, RainParams] = {
-    "light": RainParams(density=0.004, length=18.0, angle=8.0, width=1.0, opacity=0.55),
+    "light": RainParams(density=0.0012, length=30.0, angle=8.0, width=1.0, opacity=0.7),
     "heavy": RainParams(
-        density=0.03, length=32.0, angle=-14.0, width=2.0, opacity=0.9, haze=0.3
+        density=0.005, length=40.0, angle=-12.0, width=2.0, opacity=0.8, haze=0.2
     ),
 }
 
