@@ -1,0 +1,323 @@
+"""Local Sphinx extension of the mtlweight docs.
+
+Directives
+----------
+``.. mtlweight-api::``
+    The reference of every name in ``mtlweight.__all__``, grouped (base class,
+    the paper's strategies, loss-level, gradient-level, registry, submodules).
+    A name added to ``__all__`` appears without editing any page; a name that
+    fits no group lands in "Other names", so nothing is left out.
+``.. mtlweight-module:: NAME``
+    The reference of every name in the ``__all__`` of a submodule.
+``.. mtlweight-registry::``
+    A table of the names :func:`mtlweight.get` accepts, read from the registry.
+``.. include-markdown:: PATH``
+    Include a Markdown file of the repository (``CHANGELOG.md``, the benchmark
+    reports in ``docs/_generated/``), converted by :mod:`md2rst`. With
+    ``:optional:``, a missing file shows the directive's content instead.
+    With ``:sections:``, ``##`` headings become sections (``#`` is skipped: the
+    page has its own title); otherwise every heading is a rubric.
+``.. optional-figure:: PATH``
+    A figure (path relative to ``docs/``) that is shown if the file exists;
+    otherwise the directive's content is shown. For images committed by the
+    benchmarks or the lead after a long run.
+
+Roles
+-----
+``:test:`tests/path.py::test_name```
+    A reference to a test. The build fails (under ``-W``) if the file or the
+    test function does not exist, so the reliability page cannot cite a test
+    that was renamed or removed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+from docutils import nodes
+from docutils.parsers.rst import directives
+from docutils.statemachine import StringList
+from sphinx.application import Sphinx
+from sphinx.util import logging
+from sphinx.util.docutils import SphinxDirective, SphinxRole
+from sphinx.util.nodes import nested_parse_with_titles
+
+from md2rst import md_to_rst
+
+logger = logging.getLogger(__name__)
+
+DOCS = Path(__file__).resolve().parents[1]
+ROOT = DOCS.parent
+
+def api_groups() -> list[tuple[str, str, list[str]]]:
+    """(title, introduction, names) for each group of ``mtlweight.__all__``, in page order."""
+    import mtlweight
+    from mtlweight import _gradient_methods, _loss_methods
+
+    public = [n for n in mtlweight.__all__ if n != "__version__"]
+    groups: list[tuple[str, str, list[str]]] = [
+        (
+            "The base class",
+            "Every strategy is a :class:`~mtlweight.Weighting`: call it on the losses of a step, "
+            "back-propagate the total it returns.",
+            ["Weighting"],
+        ),
+        (
+            "The paper's strategies",
+            "Fixed weights and the two dynamic schemes of MENET (Fan, Chen and Li).",
+            ["Fixed", "LossBalance", "GradientBalance"],
+        ),
+        (
+            "Loss-level strategies",
+            "Weights computed from the loss values (and their history) only: no extra "
+            "backward pass.",
+            list(_loss_methods.__all__),
+        ),
+        (
+            "Gradient-level strategies",
+            "Weights or combined gradients computed from per-task gradients with respect to "
+            "the shared parameters: one extra backward pass per task.",
+            list(_gradient_methods.__all__),
+        ),
+        (
+            "Selecting a strategy by name",
+            "For command lines and configuration files; see :ref:`registry-table`.",
+            ["available", "get", "register"],
+        ),
+    ]
+    modules = {n for n in public if inspect.ismodule(getattr(mtlweight, n))}
+    placed = {n for _, _, names in groups for n in names} | modules
+    others = [n for n in public if n not in placed]
+    groups = [(t, i, [n for n in names if n in public]) for t, i, names in groups]
+    if others:
+        groups.append(("Other names", "", others))
+    return [g for g in groups if g[2]]
+
+
+def _autodoc_lines(name: str) -> list[str]:
+    import mtlweight
+
+    obj = getattr(mtlweight, name)
+    if inspect.isclass(obj):
+        lines = [f".. autoclass:: mtlweight.{name}"]
+        if name == "Weighting":
+            lines.append("   :members: forward, backward, compute_weights, statistic, weights")
+        return lines
+    if callable(obj):
+        return [f".. autofunction:: mtlweight.{name}"]
+    return [f".. autodata:: mtlweight.{name}", "   :no-value:"]
+
+
+def _module_lines(modname: str) -> list[str]:
+    """reST documenting every name of the ``__all__`` of module ``modname``."""
+    import importlib
+
+    module = importlib.import_module(modname)
+    names = list(getattr(module, "__all__", []))
+    if not names:
+        raise ValueError(f"{modname} has no __all__ to document")
+    lines = [f".. py:module:: {modname}", ""]
+    for name in names:
+        obj = getattr(module, name)
+        if inspect.isclass(obj):
+            lines += [f".. autoclass:: {modname}.{name}", ""]
+        elif callable(obj):
+            lines += [f".. autofunction:: {modname}.{name}", ""]
+        else:
+            lines += [f".. autodata:: {modname}.{name}", ""]
+    return lines
+
+
+class MtlweightApi(SphinxDirective):
+    """Generate the reference of ``mtlweight.__all__`` (see the module docstring)."""
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        import mtlweight
+
+        lines: list[str] = []
+        for title, intro, names in api_groups():
+            lines += [title, "-" * len(title), ""]
+            if intro:
+                lines += [intro, ""]
+            for name in names:
+                lines += _autodoc_lines(name) + [""]
+        subs = [n for n in mtlweight.__all__ if inspect.ismodule(getattr(mtlweight, n))]
+        if subs:
+            lines += ["Submodules", "-" * len("Submodules"), ""]
+            for sub in subs:
+                module = getattr(mtlweight, sub)
+                doc = (module.__doc__ or "").strip().split("\n")[0]
+                if (DOCS / "api" / f"{module.__name__}.rst").is_file():
+                    lines += [f"- :doc:`{module.__name__}`: {doc}"]
+                else:
+                    lines += [f"- :mod:`{module.__name__}`: {doc} (documented below)"]
+            lines.append("")
+            for sub in subs:
+                module = getattr(mtlweight, sub)
+                if not (DOCS / "api" / f"{module.__name__}.rst").is_file():
+                    title = f"``{module.__name__}``"
+                    lines += [title, "-" * len(title), ""]
+                    lines += _module_lines(module.__name__)
+        lines += [
+            "Version",
+            "-------",
+            "",
+            f"``mtlweight.__version__`` is the installed version, ``{mtlweight.__version__}``.",
+            "",
+        ]
+        node = nodes.section()
+        node.document = self.state.document
+        nested_parse_with_titles(self.state, StringList(lines, source="<mtlweight-api>"), node)
+        return node.children
+
+
+class MtlweightModule(SphinxDirective):
+    """Generate the reference of every name in a submodule's ``__all__``."""
+
+    required_arguments = 1
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        modname = self.arguments[0]
+        try:
+            lines = _module_lines(modname)
+        except ValueError as exc:
+            raise self.error(str(exc)) from exc
+        node = nodes.container()
+        self.state.nested_parse(StringList(lines, source=f"<mtlweight-module {modname}>"), 0, node)
+        return node.children
+
+
+class MtlweightRegistry(SphinxDirective):
+    """A table of the registered strategy names."""
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        from mtlweight import _registry
+
+        aliases: dict[str, list[str]] = {}
+        for alias, key in sorted(_registry._ALIASES.items()):
+            aliases.setdefault(key, []).append(alias)
+        lines = [
+            ".. list-table::",
+            "   :header-rows: 1",
+            "",
+            "   * - name for :func:`mtlweight.get`",
+            "     - aliases",
+            "     - class",
+        ]
+        for key in _registry.available():
+            cls = _registry._REGISTRY[key]
+            alias = ", ".join(f"``{a}``" for a in aliases.get(key, [])) or "--"
+            lines += [f"   * - ``{key}``", f"     - {alias}", f"     - :class:`mtlweight.{cls.__name__}`"]
+        node = nodes.container()
+        self.state.nested_parse(StringList(lines, source="<mtlweight-registry>"), 0, node)
+        return node.children
+
+
+def _section_heading(level: int, title: str) -> list[str]:
+    underline = {2: "-", 3: "~", 4: "^"}.get(level, '"')
+    plain = re.sub(r"\\(.)", r"\1", title)
+    return [title, underline * max(len(plain), 4)]
+
+
+class IncludeMarkdown(SphinxDirective):
+    """Include a Markdown file of the repository, converted to reST."""
+
+    required_arguments = 1
+    has_content = True
+    option_spec: ClassVar[dict[str, Any]] = {
+        "optional": directives.flag,
+        "sections": directives.flag,
+    }
+
+    def run(self) -> list[nodes.Node]:
+        path = (ROOT / self.arguments[0]).resolve()
+        self.env.note_dependency(str(path))
+        if not path.is_file():
+            if "optional" not in self.options:
+                raise self.error(f"include-markdown: {path} does not exist")
+            node = nodes.container()
+            self.state.nested_parse(self.content, self.content_offset, node)
+            return node.children
+        text = path.read_text(encoding="utf-8")
+        if "sections" in self.options:
+            # The page has its own title: drop the file's level-1 heading.
+            text = re.sub(r"\A\s*#\s[^\n]*\n", "", text)
+            rst = md_to_rst(text, heading=_section_heading)
+        else:
+            rst = md_to_rst(text)
+        node = nodes.section()
+        node.document = self.state.document
+        nested_parse_with_titles(self.state, StringList(rst.split("\n"), source=str(path)), node)
+        return node.children
+
+
+class OptionalFigure(SphinxDirective):
+    """A figure shown only if its file exists (path relative to ``docs/``)."""
+
+    required_arguments = 1
+    final_argument_whitespace = False
+    has_content = True
+    option_spec: ClassVar[dict[str, Any]] = {
+        "caption": directives.unchanged,
+        "width": directives.unchanged,
+        "alt": directives.unchanged,
+    }
+
+    def run(self) -> list[nodes.Node]:
+        rel = self.arguments[0]
+        path = DOCS / rel
+        self.env.note_dependency(str(path))
+        if path.is_file():
+            lines = [f".. figure:: /{rel}"]
+            if "width" in self.options:
+                lines.append(f"   :width: {self.options['width']}")
+            lines.append(f"   :alt: {self.options.get('alt') or self.options.get('caption', rel)}")
+            lines.append("")
+            if "caption" in self.options:
+                lines.append(f"   {self.options['caption']}")
+            source = StringList(lines, source=str(path))
+        else:
+            source = self.content
+        node = nodes.container()
+        self.state.nested_parse(source, self.content_offset, node)
+        return node.children
+
+
+class TestRole(SphinxRole):
+    """``:test:`tests/x.py::test_y``` -- a checked reference to a test."""
+
+    def run(self) -> tuple[list[nodes.Node], list[nodes.system_message]]:
+        target = self.text.strip()
+        file_part, _, rest = target.partition("::")
+        path = ROOT / file_part
+        problem = ""
+        if not path.is_file():
+            problem = f"test file {file_part} does not exist"
+        elif rest:
+            source = path.read_text(encoding="utf-8")
+            for part in rest.split("::"):
+                name = part.split("[")[0]
+                if not re.search(rf"^\s*(async\s+)?(def|class)\s+{re.escape(name)}\b", source, re.M):
+                    problem = f"{name} is not defined in {file_part}"
+                    break
+        if problem:
+            logger.warning("stale test reference %r: %s", target, problem, location=self.get_location())
+        return [nodes.literal(target, target, classes=["test-ref"])], []
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    app.add_directive("mtlweight-api", MtlweightApi)
+    app.add_directive("mtlweight-module", MtlweightModule)
+    app.add_directive("mtlweight-registry", MtlweightRegistry)
+    app.add_directive("include-markdown", IncludeMarkdown)
+    app.add_directive("optional-figure", OptionalFigure)
+    app.add_role("test", TestRole())
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
