@@ -15,10 +15,11 @@ __all__ = ["RandomLossWeighting"]
 Distribution = Literal["normal", "dirichlet"]
 
 
-def _gamma(shape: float, count: int, generator: torch.Generator) -> Tensor:
-    """``count`` samples of Gamma(shape, 1) in float64 (Marsaglia and Tsang 2000).
+def _log_gamma(shape: float, count: int, generator: torch.Generator) -> Tensor:
+    """Logarithms of ``count`` samples of Gamma(shape, 1), float64 (Marsaglia and Tsang 2000).
 
-    Written out because :class:`torch.distributions.Gamma` takes no generator.
+    Written out because :class:`torch.distributions.Gamma` takes no generator;
+    in log space because a sample for a small ``shape`` can underflow to 0.
     """
     boost = shape < 1.0  # Gamma(a) = Gamma(a + 1) * U ** (1 / a)
     d = (shape + 1.0 if boost else shape) - 1.0 / 3.0
@@ -29,11 +30,11 @@ def _gamma(shape: float, count: int, generator: torch.Generator) -> Tensor:
         v = (1.0 + c * x) ** 3
         u = float(torch.rand((), generator=generator, dtype=torch.float64))
         if v > 0 and math.log(u) < 0.5 * x * x + d - d * v + d * math.log(v):
-            samples.append(d * v)
+            samples.append(math.log(d * v))
     result = torch.tensor(samples, dtype=torch.float64)
     if boost:
         uniform = torch.rand(count, generator=generator, dtype=torch.float64)
-        result = result * uniform.pow(1.0 / shape)
+        result = result + uniform.log() / shape
     return result
 
 
@@ -124,8 +125,8 @@ class RandomLossWeighting(Weighting):
         if self.distribution == "normal":
             z = torch.randn(count, generator=self.generator, dtype=torch.float64)
             return torch.softmax(z, dim=0)
-        gamma = _gamma(self.concentration, count, self.generator)
-        return gamma / gamma.sum()
+        # Normalised Gamma(alpha) samples: softmax of their logarithms.
+        return torch.softmax(_log_gamma(self.concentration, count, self.generator), dim=0)
 
     def compute_weights(
         self,
