@@ -10,7 +10,8 @@ The recipe is the classic photo-editing one used to build Rain100L/H-like data:
    its drop's brightness and overlapping streaks add up;
 3. **levels** -- contrast stretch ``r = clip((s - black) / (white - black), 0, 1)``;
 4. **blend** -- onto the image, ``screen`` (``1 - (1 - I)(1 - α r)``) or
-   ``add`` (``clip(I + α r)``) with ``α = opacity``, then an optional veil
+   ``add`` (``clip(I + α r)``) with ``α = opacity`` (screen is computed as
+   ``I + α r (1 - I)``, so ``α = 0`` is exactly the identity), then an optional veil
    ``(1 - haze)·I + haze·airlight`` (heavy rain's mist).
 
 Presets ``"light"`` and ``"heavy"`` are calibrated so that the mean input PSNR
@@ -210,7 +211,7 @@ def blend_rain(
     """
     p = _params(params, **overrides)
     a = p.opacity * layer.to(clean.device, clean.dtype)
-    out = 1.0 - (1.0 - clean) * (1.0 - a) if p.blend == "screen" else clean + a
+    out = clean + a * (1.0 - clean) if p.blend == "screen" else clean + a
     if p.haze > 0:
         out = (1.0 - p.haze) * out + p.haze * p.airlight
     return out.clamp(0.0, 1.0)
