@@ -127,13 +127,19 @@ class TinyMultiTask(nn.Module):
         """A fresh forward pass on the fixed batch: one scaled MSE per task."""
         return dict(self.step().losses)
 
-    def step(self) -> Step:
+    def step(self, inputs: Tensor | None = None) -> Step:
         """A fresh forward pass returning the losses and the trunk's features."""
-        features, outputs = self(self.inputs)
+        features, outputs = self(self.inputs if inputs is None else inputs)
         losses = {
             t: self.scales[t] * (outputs[t] - self.targets[t]).square().mean() for t in self.tasks
         }
         return Step(losses, features)
+
+    def step_at(self, index: int) -> Step:
+        """Like :meth:`step` on a batch that depends only on ``index`` (a reproducible stream)."""
+        generator = torch.Generator().manual_seed(1000 + index)
+        inputs = torch.randn(self.inputs.shape, generator=generator).to(self.inputs)
+        return self.step(inputs)
 
 
 # ------------------------------------------------------------- references
