@@ -1,0 +1,236 @@
+"""MGDA and MGDA-UB (Sener and Koltun 2018), with an exact min-norm solver."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import numpy as np
+from torch import Tensor, nn
+
+from mtlweight._aggregator import Array, GradientAggregator, TaskSpecific
+
+__all__ = ["MGDA", "MGDAUB", "min_norm_weights"]
+
+Normalization = Literal["none", "l2", "loss", "loss+"]
+
+
+def _affine_minimiser(gram: Array) -> Array:
+    """Coefficients (summing to 1) of the point of least norm in the affine hull."""
+    k = gram.shape[0]
+    kkt = np.ones((k + 1, k + 1))
+    kkt[:k, :k] = gram
+    kkt[k, k] = 0.0
+    rhs = np.zeros(k + 1)
+    rhs[k] = 1.0
+    solution = np.linalg.lstsq(kkt, rhs, rcond=None)[0][:k]
+    return np.asarray(solution / solution.sum(), dtype=np.float64)
+
+
+def min_norm_weights(gram: Array, *, tol: float = 1e-12) -> Array:
+    r"""Weights of the point of least norm in the convex hull of the task gradients.
+
+    .. math::
+
+        w^\star = \operatorname*{arg\,min}_{w \in \Delta^{T}} w^\top G w,
+        \qquad \Delta^{T} = \{w \ge 0,\ \textstyle\sum_t w_t = 1\}
+
+    solved exactly (up to rounding) by Wolfe's min-norm-point algorithm on the
+    Gram matrix :math:`G = J J^\top`: a finite active-set method that keeps
+    its support affinely independent, so identical or zero gradients need no
+    special case.
+
+    Parameters
+    ----------
+    gram
+        Symmetric positive semi-definite ``(T, T)`` array.
+    tol
+        Optimality tolerance, relative to the largest squared gradient norm.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(T,)`` weights on the simplex; uniform when every gradient is zero.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> min_norm_weights(np.array([[1.0, 0.0], [0.0, 4.0]])).round(6)
+    array([0.8, 0.2])
+    """
+    count = gram.shape[0]
+    scale = float(np.max(np.diag(gram), initial=0.0))
+    if not scale > 0.0:
+        return np.full(count, 1.0 / count)
+    g = gram / scale
+    w = np.zeros(count)
+    support = [int(np.argmin(np.diag(g)))]
+    w[support[0]] = 1.0
+    best, best_value = w.copy(), float(w @ g @ w)
+    for _ in range(50 * count + 50):
+        gw = g @ w
+        norm2 = float(w @ gw)
+        if norm2 < best_value:
+            best, best_value = w.copy(), norm2
+        j = int(np.argmin(gw))
+        if norm2 - gw[j] <= tol or j in support:
+            break
+        support.append(j)
+        while True:  # minor cycle: move to the affine minimiser, dropping points
+            idx = np.array(support)
+            v = _affine_minimiser(g[np.ix_(idx, idx)])
+            if np.all(v > tol):
+                w = np.zeros(count)
+                w[idx] = v
+                break
+            cur = w[idx]
+            out = (v <= tol) & (cur > v)
+            theta = float(np.min(cur[out] / (cur[out] - v[out]))) if out.any() else 0.0
+            new = cur + min(max(theta, 0.0), 1.0) * (v - cur)
+            keep = new > tol
+            if keep.all():  # rounding: drop the point closest to leaving
+                keep[int(np.argmin(new))] = False
+            w = np.zeros(count)
+            w[idx[keep]] = new[keep] / new[keep].sum()
+            support = idx[keep].tolist()
+    value = float(w @ g @ w)
+    return w if value <= best_value else best
+
+
+class MGDA(GradientAggregator):
+    r"""MGDA of `Multi-Task Learning as Multi-Objective Optimization` (Sener and
+    Koltun, 2018): the min-norm point of the convex hull of the task gradients.
+
+    .. math::
+
+        w = \operatorname*{arg\,min}_{w \in \Delta^{T}}
+            \Big\lVert \sum_{t=1}^{T} w_t \frac{g_t}{n_t} \Big\rVert_2^2,
+        \qquad d = \sum_{t=1}^{T} w_t g_t
+
+    where:
+
+    - :math:`g_t = \nabla_\theta L_t`, the gradient of task :math:`t` with
+      respect to the shared parameters (or, for MGDA-UB, to a shared
+      representation :math:`z`);
+    - :math:`\Delta^T` is the simplex (:math:`w_t \ge 0`, :math:`\sum_t w_t = 1`);
+    - :math:`n_t` is the normaliser: 1 (``"none"``), :math:`\lVert g_t \rVert`
+      (``"l2"``), :math:`L_t` (``"loss"``) or :math:`L_t \lVert g_t \rVert`
+      (``"loss+"``).
+
+    :math:`-d` is a descent direction for every task unless :math:`d = 0`
+    (a Pareto-stationary point). The solver is exact (Wolfe's algorithm, see
+    :func:`min_norm_weights`) and handles identical and zero gradients (a
+    zero gradient makes :math:`d = 0`: that task gets all the weight).
+
+    MGDA-UB, the paper's cheaper upper bound, is the same method on the
+    gradients with respect to the shared representation: pass
+    ``representation=features`` at each call (or use :class:`MGDAUB`).
+
+    Parameters
+    ----------
+    shared
+        The shared parameters: a module or an iterable of tensors.
+    normalization
+        ``"none"`` (default, the paper's formulation), ``"l2"``, ``"loss"``
+        or ``"loss+"``, as in the authors' code.
+    task_specific
+        ``"weighted"`` (default, as the authors' code: heads get
+        :math:`w_t \nabla L_t`) or ``"plain"``; see
+        :class:`~mtlweight.GradientAggregator`.
+    **kwargs
+        Passed to :class:`~mtlweight.Weighting`.
+
+    Raises
+    ------
+    ValueError
+        Without shared parameters or representation; with ``"loss"``/``"loss+"``
+        normalisation and a loss that is not positive.
+    FloatingPointError
+        If a loss or a gradient is NaN or infinite (naming the task).
+
+    .. note::
+        As in the authors' code, with a normalisation the weights are found
+        for the normalised gradients and then applied to the raw losses.
+
+    Examples
+    --------
+    >>> import torch, mtlweight as mw
+    >>> theta = torch.nn.Parameter(torch.zeros(2))
+    >>> losses = {"a": theta @ torch.tensor([1.0, 0.0]), "b": theta @ torch.tensor([0.0, 2.0])}
+    >>> mgda = mw.MGDA(shared=[theta])
+    >>> {k: round(v, 4) for k, v in mgda.backward(losses).items()}
+    {'a': 0.8, 'b': 0.2}
+    >>> theta.grad
+    tensor([0.8000, 0.4000])
+    """
+
+    def __init__(
+        self,
+        shared: nn.Module | Iterable[Tensor] | None = None,
+        *,
+        normalization: Normalization = "none",
+        task_specific: TaskSpecific | None = None,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(shared, task_specific=task_specific, **kwargs)
+        if normalization not in ("none", "l2", "loss", "loss+"):
+            raise ValueError(
+                "normalization must be one of 'none', 'l2', 'loss', 'loss+'; "
+                f"found {normalization!r}"
+            )
+        self.normalization: Normalization = normalization
+
+    def compute_weights(
+        self,
+        names: list[str],
+        losses: list[Tensor],
+        values: Tensor,
+        *,
+        representation: Tensor | None = None,
+    ) -> Tensor:
+        if self.normalization in ("loss", "loss+") and bool((values <= 0).any()):
+            i = int((values <= 0).nonzero()[0])
+            raise ValueError(
+                f"MGDA(normalization={self.normalization!r}) divides by the losses, which must "
+                f"be positive; loss of task {names[i]!r} is {float(values[i])}"
+            )
+        return super().compute_weights(names, losses, values, representation=representation)
+
+    def aggregate(self, gram: Array, values: Tensor) -> Array:
+        scale = np.ones(gram.shape[0])
+        if self.normalization in ("loss", "loss+"):
+            scale = scale * values.detach().double().cpu().numpy()
+        if self.normalization in ("l2", "loss+"):
+            norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))
+            scale = scale * np.where(norms > 0, norms, 1.0)
+        return min_norm_weights(gram / np.outer(scale, scale))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, normalization={self.normalization!r}"
+
+
+class MGDAUB(MGDA):
+    r"""MGDA-UB of `Multi-Task Learning as Multi-Objective Optimization`: MGDA on
+    the gradients with respect to the shared representation :math:`z`.
+
+    .. math::
+
+        w = \operatorname*{arg\,min}_{w \in \Delta^{T}}
+            \Big\lVert \sum_{t=1}^{T} w_t \nabla_z L_t \Big\rVert_2^2
+
+    where :math:`z` is the output of the shared encoder, passed as
+    ``representation=`` at every call. Minimising this upper bound costs
+    :math:`T` backward passes through the heads only, instead of through the
+    encoder. Parameters are those of :class:`MGDA` (``shared`` is not used).
+
+    Examples
+    --------
+    >>> import torch, mtlweight as mw
+    >>> z = torch.ones(2, requires_grad=True) * 1.0
+    >>> ub = mw.MGDAUB()
+    >>> w = ub.backward({"a": z[0], "b": 2 * z[1]}, representation=z)
+    >>> {k: round(v, 4) for k, v in w.items()}
+    {'a': 0.8, 'b': 0.2}
+    """
+
+    needs_representation = True

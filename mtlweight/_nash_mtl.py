@@ -1,0 +1,200 @@
+"""Nash-MTL (Navon et al. 2022): the Nash bargaining solution of the tasks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mtlweight._aggregator import Array, GradientAggregator, TaskSpecific
+
+__all__ = ["NashMTL", "nash_weights"]
+
+
+def nash_weights(
+    gram: Array,
+    init: Array | None = None,
+    *,
+    ridge: float = 1e-8,
+    tol: float = 1e-14,
+    max_iter: int = 100,
+) -> Array:
+    r"""Solve :math:`G \alpha = 1/\alpha` (elementwise), :math:`\alpha > 0`.
+
+    This is the stationarity condition of the strictly convex problem
+    :math:`\min_{\alpha > 0} \tfrac12 \alpha^\top (G + \epsilon I) \alpha - \sum_t \log \alpha_t`,
+    solved by Newton's method with a backtracking line search that keeps
+    :math:`\alpha > 0` (quadratic convergence, a few iterations for
+    :math:`T \le 10`). The ridge :math:`\epsilon`, relative to the largest
+    diagonal entry of :math:`G`, makes the problem solvable when the
+    gradients are degenerate (for example opposite), where the exact equation
+    has no solution.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> nash_weights(np.array([[1.0, 0.0], [0.0, 4.0]])).round(6)  # 1/||g_t||
+    array([1. , 0.5])
+    """
+    count = gram.shape[0]
+    scale = float(np.max(np.diag(gram), initial=0.0))
+    if not scale > 0.0:
+        return np.ones(count)
+    a = gram / scale + ridge * np.eye(count)
+    alpha = 1.0 / np.sqrt(np.diag(a))
+    if init is not None and init.shape == (count,) and np.all(np.isfinite(init) & (init > 0)):
+        alpha = init * math.sqrt(scale)
+
+    def objective(x: Array) -> float:
+        return float(0.5 * x @ a @ x - np.sum(np.log(x)))
+
+    value = objective(alpha)
+    for _ in range(max_iter):
+        grad = a @ alpha - 1.0 / alpha
+        step = np.linalg.solve(a + np.diag(1.0 / alpha**2), grad)
+        decrement = float(grad @ step)
+        if decrement / 2 <= tol:
+            break
+        t = 1.0
+        while np.any(alpha - t * step <= 0.0):
+            t *= 0.5
+        while t > 1e-12:
+            candidate = alpha - t * step
+            new_value = objective(candidate)
+            if new_value <= value - 0.25 * t * decrement:
+                break
+            t *= 0.5
+        else:
+            break
+        alpha, value = candidate, new_value
+    result: Array = alpha / math.sqrt(scale)
+    return result
+
+
+class NashMTL(GradientAggregator):
+    r"""Nash-MTL of `Multi-Task Learning as a Bargaining Game` (Navon, Shamsian,
+    Achituve, Maron, Kawaguchi, Chechik and Fetaya, ICML 2022).
+
+    .. math::
+
+        \hat G^\top \hat G\, \alpha = 1 / \alpha, \qquad
+        \hat G = \frac{G}{\lVert G^\top G \rVert_F^{1/2}}, \qquad d = G \alpha
+
+    where:
+
+    - :math:`G = [g_1, \dots, g_T] = J^\top` holds the task gradients
+      :math:`g_t = \nabla_\theta L_t` as columns;
+    - :math:`1/\alpha` is elementwise, :math:`\alpha > 0`: each task's
+      contribution satisfies :math:`\alpha_t\, g_t \cdot d = 1` for the
+      normalised gradients, the Nash bargaining solution;
+    - the normalisation by the Frobenius norm of the Gram matrix is that of
+      the authors' code; it makes :math:`\alpha` independent of the scale of
+      the losses, and :math:`d` proportional to it.
+
+    The equation is solved by :func:`nash_weights` (Newton's method on the
+    convex problem it is the optimality condition of) instead of the
+    authors' sequence of cvxpy problems. Then, if ``max_norm > 0`` and
+    :math:`\lVert d \rVert > \text{max\_norm}`, :math:`\alpha` is scaled so
+    that :math:`\lVert d \rVert = \text{max\_norm}`.
+
+    Parameters
+    ----------
+    shared
+        The shared parameters: a module or an iterable of tensors.
+    update_every
+        Solve for :math:`\alpha` every this many steps and reuse the last
+        weights in between (no per-task backward passes then), as the
+        authors' ``update_weights_every``.
+    max_norm
+        Largest norm of the shared update :math:`d`; ``0`` disables it.
+    task_specific
+        ``"weighted"`` (default, as the authors' code: heads get
+        :math:`\alpha_t \nabla L_t`) or ``"plain"``.
+    **kwargs
+        Passed to :class:`~mtlweight.Weighting`.
+
+    Raises
+    ------
+    ValueError
+        With ``update_every < 1``, ``max_norm < 0``, or without shared
+        parameters or representation.
+    FloatingPointError
+        If a loss or a gradient is NaN or infinite (naming the task).
+
+    .. note::
+        The authors clip the norm of the shared gradient after the backward
+        pass; here :math:`\alpha` itself is scaled, which is the same for
+        the shared parameters but also scales the heads' gradients in
+        ``"weighted"`` mode, and on reused steps the clipped weights are
+        reused as they are. The solution is warm-started from the previous
+        :math:`\alpha`, which is part of ``state_dict``.
+
+    Examples
+    --------
+    >>> import torch, mtlweight as mw
+    >>> theta = torch.nn.Parameter(torch.zeros(2))
+    >>> losses = [theta @ torch.tensor([1.0, 0.0]), theta @ torch.tensor([0.0, 2.0])]
+    >>> nash = mw.NashMTL(shared=[theta], max_norm=0.0)
+    >>> {k: round(v, 4) for k, v in nash.backward(losses).items()}  # Frobenius norm 4.1231
+    {'0': 2.0305, '1': 1.0153}
+    """
+
+    stateful = True
+
+    def __init__(
+        self,
+        shared: nn.Module | Iterable[Tensor] | None = None,
+        *,
+        update_every: int = 1,
+        max_norm: float = 1.0,
+        task_specific: TaskSpecific | None = None,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(shared, task_specific=task_specific, **kwargs)
+        if int(update_every) != update_every or update_every < 1:
+            raise ValueError(f"update_every must be an integer >= 1; found {update_every}")
+        if not max_norm >= 0.0:
+            raise ValueError(f"max_norm must be >= 0 (0 disables it); found {max_norm}")
+        self.update_every = int(update_every)
+        self.max_norm = float(max_norm)
+        self.alpha: Tensor | None = None  # solution of the last update, for warm starts
+
+    def compute_weights(
+        self,
+        names: list[str],
+        losses: list[Tensor],
+        values: Tensor,
+        *,
+        representation: Tensor | None = None,
+    ) -> Tensor:
+        if self.step % self.update_every != 0 and len(self._weights) == len(names):
+            return torch.tensor([self._weights[n] for n in names]).to(values)
+        return super().compute_weights(names, losses, values, representation=representation)
+
+    def aggregate(self, gram: Array, values: Tensor) -> Array:
+        norm = float(np.linalg.norm(gram))
+        if not norm > 0.0:
+            return np.ones(gram.shape[0])
+        init = None if self.alpha is None else self.alpha.double().numpy()
+        alpha = nash_weights(gram / norm, init)
+        self.alpha = torch.from_numpy(alpha.copy())
+        if self.max_norm > 0.0:
+            d_norm = math.sqrt(max(float(alpha @ gram @ alpha), 0.0))
+            if d_norm > self.max_norm:
+                alpha = alpha * (self.max_norm / d_norm)
+        return alpha
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "alpha": self.alpha}
+
+    def set_extra_state(self, state: Any) -> None:
+        super().set_extra_state(state)
+        alpha = state.get("alpha")
+        self.alpha = None if alpha is None else torch.as_tensor(alpha, dtype=torch.float64)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, update_every={self.update_every}, max_norm={self.max_norm}"
