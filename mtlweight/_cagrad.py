@@ -97,8 +97,8 @@ class CAGrad(GradientAggregator):
     The weights returned are the coefficients
     :math:`(1/T + \lambda w^\star_t) / r` with
     :math:`\lambda = c\lVert g_0 \rVert / \lVert g_{w^\star} \rVert`, so
-    :math:`d = J^\top w`. The dual is solved by :func:`cagrad_dual` (exact min-norm steps inside a golden-section search;
-    no scipy).
+    :math:`d = J^\top w`. The dual is solved by :func:`cagrad_dual` (exact
+    min-norm steps inside a golden-section search; no scipy).
 
     Parameters
     ----------
