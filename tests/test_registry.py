@@ -1,0 +1,111 @@
+"""Selecting a strategy by name: mw.get, mw.available, mw.register."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import TinyMultiTask
+from torch import Tensor
+
+import mtlweight as mw
+import mtlweight._registry as registry
+
+
+@pytest.fixture
+def clean_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let a test register names without leaking them into the other tests."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_ALIASES", dict(registry._ALIASES))
+
+
+class Equal(mw.Weighting):
+    def compute_weights(
+        self,
+        names: list[str],
+        losses: list[Tensor],
+        values: Tensor,
+        *,
+        representation: Tensor | None = None,
+    ) -> Tensor:
+        return torch.ones_like(values)
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("gb", mw.GradientBalance),
+        ("GB", mw.GradientBalance),
+        (" gb ", mw.GradientBalance),
+        ("gradient_balance", mw.GradientBalance),
+        ("Gradient-Balance", mw.GradientBalance),
+        ("GradientBalance", mw.GradientBalance),
+        ("lb", mw.LossBalance),
+        ("LB", mw.LossBalance),
+        ("loss-balance", mw.LossBalance),
+        ("LossBalance", mw.LossBalance),
+    ],
+)
+def test_get_by_name_alias_and_case(name: str, cls: type[mw.Weighting]) -> None:
+    assert type(mw.get(name)) is cls
+
+
+def test_get_passes_options(model: TinyMultiTask) -> None:
+    gb = mw.get("gb", shared=model.trunk, history_size=2)
+    assert isinstance(gb, mw.GradientBalance) and gb.history_size == 2
+    gb(model.losses())
+    direct = mw.GradientBalance(shared=model.trunk)
+    direct(model.losses())
+    assert gb.weights == direct.weights
+    fixed = mw.get("Fixed", weights={"pixel": 1.0, "edge": 0.01})
+    assert isinstance(fixed, mw.Fixed) and fixed.tasks == ["pixel", "edge"]
+
+
+def test_get_returns_a_new_instance_each_time() -> None:
+    assert mw.get("lb") is not mw.get("lb")
+
+
+def test_unknown_name_lists_available_names() -> None:
+    with pytest.raises(ValueError, match=r"unknown weighting 'nope'; available: ") as info:
+        mw.get("nope")
+    for name in mw.available():
+        assert name in str(info.value)
+
+
+def test_bad_options_fail_like_the_constructor() -> None:
+    with pytest.raises(TypeError):
+        mw.get("lb", not_an_option=1)
+
+
+def test_available_contents() -> None:
+    names = mw.available()
+    assert {"fixed", "gb", "lb"} <= set(names)
+    assert names == sorted(names) and len(names) == len(set(names))
+    # aliases are not listed
+    assert not {"gradient_balance", "loss_balance", "gradientbalance"} & set(names)
+    # every listed name resolves to a Weighting subclass
+    assert all(issubclass(registry._REGISTRY[n], mw.Weighting) for n in names)
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_register_a_new_strategy_with_aliases() -> None:
+    mw.register("Equal-Weights", Equal, "ew_test", "ALL-ONES")
+    assert "equal_weights" in mw.available()
+    assert "ew_test" not in mw.available()
+    for name in ("equal_weights", "EQUAL-WEIGHTS", "ew-test", "all_ones"):
+        assert type(mw.get(name)) is Equal
+    mw.register("equal_weights", Equal)  # registering the same class again is harmless
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_register_rejects_a_name_taken_by_another_class() -> None:
+    with pytest.raises(ValueError, match=r"already registered as 'GB'"):
+        mw.register("GB", Equal)
+    assert mw.get("gb").__class__ is mw.GradientBalance
+
+
+@pytest.mark.usefixtures("clean_registry")
+@pytest.mark.parametrize("bad", [int, "lb", mw.LossBalance(), torch.nn.Linear])
+def test_register_type_check(bad: object) -> None:
+    with pytest.raises(TypeError, match=r"is not a subclass of mtlweight.Weighting"):
+        mw.register("bad", bad)  # type: ignore[arg-type]
+    assert "bad" not in mw.available()
