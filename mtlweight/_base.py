@@ -215,6 +215,10 @@ def balance(values: Tensor) -> Tensor:
     When every :math:`x_t` is zero the weights are all :math:`1 - 1/T`, the
     value of the rule for equal :math:`x_t`. No device sync.
     """
+    # Finite values can have an infinite sum (float32 losses near 1e38): then
+    # divide by the largest first. Otherwise the scale is exactly 1.
+    overflow = ~torch.isfinite(values.sum())
+    values = values / torch.where(overflow, values.max(), torch.ones_like(values[0]))
     total = values.sum()
     count = values.numel()
     safe = torch.where(total > 0, total, torch.ones_like(total))
