@@ -187,3 +187,13 @@ def test_state_dict_keeps_no_tensors() -> None:
     lb = mw.LossBalance()
     lb([torch.tensor(1.0), torch.tensor(2.0)])
     assert all(not isinstance(v, Tensor) for v in lb.state_dict().values())
+
+
+def test_huge_finite_losses_whose_sum_overflows() -> None:
+    """Three float32 losses of ~1e38 are finite but their sum is not: the rule still holds."""
+    values = [3e38, 3e38, 1e38]
+    lb = mw.LossBalance()
+    lb(named(values))
+    weights = check_weights(lb, list(named(values)))
+    check_balanced(weights)
+    np.testing.assert_allclose(weights, balance_numpy(values), rtol=1e-6)
