@@ -21,12 +21,13 @@ Hello ``x_1`` and **bold** `site <https://example.org>`__.
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Callable
 
 __all__ = ["inline", "md_to_rst"]
 
-_ESCAPE = re.compile(r"([\\*`|_<>\[\]])")
+_ESCAPE = re.compile(r"([\\*`|_<>:\[\]])")
 _INLINE = re.compile(
     r"(?P<code>`+)(?P<codebody>.+?)(?P=code)"
     r"|\*\*(?P<bold>[^*\s](?:.*?[^*\s])?)\*\*"
@@ -36,6 +37,8 @@ _INLINE = re.compile(
     r"|\[(?P<text>[^\]]+)\]\((?P<url>[^)\s]+)\)"
     r"|<(?P<auto>https?://[^>\s]+)>"
 )
+_OPENERS = "-:/'\"<([{"
+_CLOSERS = "-.,:;!?/'\")]}>"
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _BULLET = re.compile(r"^(\s*)([-*+])\s+(.*)$")
 _NUMBERED = re.compile(r"^(\s*)(\d+)[.)]\s+(.*)$")
@@ -74,18 +77,34 @@ def inline(text: str) -> str:
             markup = f"`{label} <{url}>`__" if re.match(r"^[a-z]+://", url) else label
         else:
             markup = f"`{m.group('auto')} <{m.group('auto')}>`__"
-        # Inline markup must be delimited by whitespace or punctuation: use the
-        # escaped-space separator next to a word character.
+        # Inline markup must be delimited by whitespace or some punctuation
+        # (docutils' inline markup recognition rules); otherwise separate it
+        # with an escaped space, which renders as nothing.
         before = "".join(out)
-        if before and (before[-1].isalnum() or before[-1] == "\\"):
+        if before and not (before[-1].isspace() or before[-1] in _OPENERS):
             markup = "\\ " + markup
         after = text[m.end() : m.end() + 1]
-        if after and (after.isalnum() or after in "\\_"):
+        if after and not (after.isspace() or after in _CLOSERS):
             markup = markup + "\\ "
         out.append(markup)
         pos = m.end()
     out.append(_escape(text[pos:]))
     return "".join(out)
+
+
+def _guard(text: str) -> str:
+    """Keep one line of text from starting a block construct of reST.
+
+    A line that starts with punctuation could be read as a bullet, an
+    enumeration, a directive, a transition, a table...: an escaped space in front
+    (which renders as nothing) makes it plain text.
+    """
+    stripped = text.lstrip()
+    if stripped and not stripped[0].isalnum() and not stripped.startswith(("``", "**", "*", "`")):
+        return "\\ " + stripped
+    if stripped[:1].isdigit():
+        return "\\ " + stripped
+    return text
 
 
 def _split_row(line: str) -> list[str]:
@@ -101,14 +120,14 @@ def _split_row(line: str) -> list[str]:
 def _table(rows: list[list[str]], header: bool) -> list[str]:
     width = max(len(r) for r in rows)
     out = [".. list-table::"]
-    if header:
+    if header and len(rows) > 1:
         out.append("   :header-rows: 1")
     out.append("")
     for row in rows:
         cells = row + [""] * (width - len(row))
         for j, cell in enumerate(cells):
             lead = "   * - " if j == 0 else "     - "
-            text = inline(cell)
+            text = _guard(inline(cell))
             out.append((lead + text).rstrip())
     return out
 
@@ -147,7 +166,7 @@ def _list(lines: list[str], i: int, out: list[str]) -> int:
         ):
             text_lines.append(lines[i].strip())
             i += 1
-        out.append(" " * column + f"{mark} " + inline(" ".join(text_lines)))
+        out.append(" " * column + f"{mark} " + _guard(inline(" ".join(text_lines))))
         nxt = (_BULLET.match(lines[i]) or _NUMBERED.match(lines[i])) if i < len(lines) else None
         if nxt and len(nxt.group(1)) < indent:
             out.append("")  # leaving a nested list
@@ -160,6 +179,20 @@ def _list(lines: list[str], i: int, out: list[str]) -> int:
                 continue
             break
     return i
+
+
+def _language(lang: str, body: list[str]) -> str:
+    """A highlighting language that cannot make Sphinx warn: ``text`` unless safe."""
+    lang = lang.lower()
+    if lang in ("bash", "sh", "shell", "console"):
+        return "bash"
+    if lang in ("python", "py"):
+        try:
+            ast.parse("\n".join(body))
+        except SyntaxError:
+            return "text"
+        return "python"
+    return "text"
 
 
 def _indent(lines: list[str], n: int) -> list[str]:
@@ -204,16 +237,22 @@ def md_to_rst(text: str, *, heading: Callable[[int, str], list[str]] | None = No
                 i += 1
             i += 1
             blank()
-            out.append(f".. code-block:: {lang or 'text'}")
+            out.append(f".. code-block:: {_language(lang, body)}")
             out.append("")
+            while body and not body[-1].strip():
+                body.pop()
+            while body and not body[0].strip():
+                body.pop(0)
             out.extend(_indent(body or ["(empty)"], 3))
             out.append("")
             continue
         m = _HEADING.match(line)
         if m:
+            title = inline(m.group(2))
             blank()
-            out.extend(make_heading(len(m.group(1)), inline(m.group(2))))
-            out.append("")
+            if title.strip():
+                out.extend(make_heading(len(m.group(1)), title))
+                out.append("")
             i += 1
             continue
         if line.lstrip().startswith("|") and i + 1 < len(lines) and _TABLE_RULE.match(lines[i + 1]):
@@ -257,7 +296,7 @@ def md_to_rst(text: str, *, heading: Callable[[int, str], list[str]] | None = No
             para.append(nxt.strip())
             i += 1
         blank()
-        out.append(inline(" ".join(para)))
+        out.append(_guard(inline(" ".join(para))))
         out.append("")
     while out and out[-1] == "":
         out.pop()
