@@ -6,7 +6,13 @@ import math
 
 import pytest
 import torch
-from helpers import TinyMultiTask, check_grad_untouched, check_total_gradient, check_weights
+from helpers import (
+    TinyMultiTask,
+    check_grad_untouched,
+    check_permutation_equivariance,
+    check_total_gradient,
+    check_weights,
+)
 
 import mtlweight as mw
 
@@ -146,3 +152,10 @@ def test_non_finite_loss_names_task() -> None:
 def test_non_scalar_loss_names_task() -> None:
     with pytest.raises(ValueError, match=r"task '1' must be a scalar"):
         mw.Fixed([1.0, 1.0])([torch.tensor(1.0), torch.ones(3)])
+
+
+@pytest.mark.parametrize("permutation", [[2, 0, 1], [1, 0, 2], [0, 1, 2]])
+def test_permutation_equivariance_by_name(model: TinyMultiTask, permutation: list[int]) -> None:
+    check_permutation_equivariance(
+        lambda: mw.Fixed({"pixel": 1.0, "edge": 1e-2, "texture": 0.3}), model.losses, permutation
+    )

@@ -197,3 +197,17 @@ def test_huge_finite_losses_whose_sum_overflows() -> None:
     weights = check_weights(lb, list(named(values)))
     check_balanced(weights)
     np.testing.assert_allclose(weights, balance_numpy(values), rtol=1e-6)
+
+
+@FAST
+@given(size=st.integers(1, 6), values=st.lists(loss_vectors, min_size=1, max_size=10))
+def test_property_history_bounded(size: int, values: list[list[float]]) -> None:
+    """Calls with varying task counts (LB is not stateful): the last ``size`` weights are kept."""
+    lb = mw.LossBalance(history_size=size)
+    for vector in values:
+        lb(named(vector))
+    assert len(lb.history) == min(size, len(values))
+    for entry, vector in zip(lb.history, values[-size:], strict=True):
+        assert list(entry) == list(named(vector))
+        np.testing.assert_allclose(list(entry.values()), balance_numpy(vector), atol=1e-6)
+    assert lb.step == len(values)
