@@ -105,6 +105,8 @@ def _autodoc_lines(name: str) -> list[str]:
         lines = [f".. autoclass:: mtlweight.{name}"]
         if name == "Weighting":
             lines.append("   :members: forward, backward, compute_weights, statistic, weights")
+        elif name == "GradientAggregator":
+            lines.append("   :members: forward, backward, aggregate")
         return lines
     if callable(obj):
         return [f".. autofunction:: mtlweight.{name}"]
@@ -223,8 +225,7 @@ class MtlweightRegistry(SphinxDirective):
 
 def _section_heading(level: int, title: str) -> list[str]:
     underline = {2: "-", 3: "~", 4: "^"}.get(level, '"')
-    plain = re.sub(r"\\(.)", r"\1", title)
-    return [title, underline * max(len(plain), 4)]
+    return [title, underline * max(len(title), 4)]
 
 
 class IncludeMarkdown(SphinxDirective):

@@ -99,6 +99,7 @@ def test_html_builds_with_warnings_as_errors(builds: dict[str, Build]) -> None:
         "api/mtlweight.losses",
         "api/mtlweight.functional",
         "api/mtlweight.autograd",
+        "api/mtlweight.distributed",
     ):
         assert (html.out / f"{page}.html").is_file(), f"page {page} was not built"
 
@@ -111,6 +112,18 @@ def test_figures_are_drawn_at_build_time(builds: dict[str, Build]) -> None:
         assert len(images) >= minimum, f"{page}: expected a figure, found {images}"
         for src in images:
             assert (builds["html"].out / page).parent.joinpath(src).resolve().is_file(), src
+
+
+def test_every_registered_strategy_is_in_the_comparison_table() -> None:
+    from mtlweight import _registry
+
+    page = (DOCS / "comparison.rst").read_text(encoding="utf-8")
+    missing = [
+        cls.__name__
+        for cls in set(_registry._REGISTRY.values())
+        if f":class:`~mtlweight.{cls.__name__}`" not in page
+    ]
+    assert missing == [], f"strategies missing from docs/comparison.rst: {sorted(missing)}"
 
 
 def test_every_example_in_the_pages_runs(builds: dict[str, Build]) -> None:
@@ -150,6 +163,12 @@ def _public_names() -> list[tuple[str, str]]:
                 names.append((f"{obj.__name__}.{sub}", ""))
         else:
             names.append((f"mtlweight.{name}", ""))
+    # Public submodules that are not re-exported in __all__ (mtlweight.distributed).
+    for path in sorted((ROOT / "mtlweight").glob("[!_]*.py")):
+        module = importlib.import_module(f"mtlweight.{path.stem}")
+        if (module.__name__, "py:module") not in names:
+            names.append((module.__name__, "py:module"))
+            names += [(f"{module.__name__}.{sub}", "") for sub in getattr(module, "__all__", [])]
     return names
 
 
