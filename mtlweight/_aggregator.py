@@ -21,6 +21,24 @@ TaskSpecific = Literal["weighted", "plain"]
 Array = NDArray[np.float64]
 
 
+def gram_matrix(jac: Tensor) -> Tensor:
+    """``jac @ jac.T`` in float64, accumulated in float32 (float64 for float64 input).
+
+    On the CPU the entries are pairwise dot products: a BLAS matrix product
+    of a few rows can wait tens of milliseconds for its thread pool to wake.
+    """
+    acc = torch.float64 if jac.dtype == torch.float64 else torch.float32
+    mat = jac.to(acc)
+    if mat.device.type != "cpu":
+        return (mat @ mat.T).to(torch.float64)
+    count = mat.shape[0]
+    gram = torch.empty(count, count, dtype=torch.float64)
+    for i in range(count):
+        for k in range(i, count):
+            gram[i, k] = gram[k, i] = torch.dot(mat[i], mat[k])
+    return gram
+
+
 class _Replace:
     """Tensor hook that replaces the incoming gradient by a fixed tensor."""
 
@@ -191,9 +209,7 @@ class GradientAggregator(Weighting):
         jac = self.jacobian(names, losses, inputs)
         if self.task_specific == "plain":
             self._pending = (inputs, jac)
-        acc = torch.float64 if jac.dtype == torch.float64 else torch.float32
-        mat = jac.to(acc)
-        gram = (mat @ mat.T).to(torch.float64)
+        gram = gram_matrix(jac)
         self.statistics["gram"] = gram
         gram_np = gram.cpu().numpy()
         coefficients = self.aggregate((gram_np + gram_np.T) / 2, values)

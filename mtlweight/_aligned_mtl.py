@@ -69,7 +69,8 @@ class AlignedMTL(GradientAggregator):
     The aligned gradients :math:`\hat J = B J` are orthogonal with equal norms
     :math:`\sqrt{\sigma}` (:math:`\hat J \hat J^\top = \sigma I` at full rank):
     the condition number of the system is 1, and :math:`d` is their sum.
-    Identical gradients give :math:`d = g`; zero gradients give weights 1.
+    Identical gradients :math:`g` give weights 1 (:math:`d = T g`, the sum);
+    zero gradients give weights 1.
 
     Parameters
     ----------
