@@ -11,9 +11,10 @@ Directives
     The reference of every name in the ``__all__`` of a submodule.
 ``.. mtlweight-registry::``
     A table of the names :func:`mtlweight.get` accepts, read from the registry.
-``.. include-markdown:: PATH``
+``.. include-markdown:: PATH [PATH ...]``
     Include a Markdown file of the repository (``CHANGELOG.md``, the benchmark
-    reports in ``docs/_generated/``), converted by :mod:`md2rst`. With
+    reports in ``docs/_generated/``), converted by :mod:`md2rst`; the first path
+    that exists is used. With
     ``:optional:``, a missing file shows the directive's content instead.
     With ``:sections:``, ``##`` headings become sections (``#`` is skipped: the
     page has its own title); otherwise every heading is a rubric.
@@ -229,9 +230,13 @@ def _section_heading(level: int, title: str) -> list[str]:
 
 
 class IncludeMarkdown(SphinxDirective):
-    """Include a Markdown file of the repository, converted to reST."""
+    """Include a Markdown file of the repository, converted to reST.
+
+    With several paths, the first that exists is included.
+    """
 
     required_arguments = 1
+    optional_arguments = 4
     has_content = True
     option_spec: ClassVar[dict[str, Any]] = {
         "optional": directives.flag,
@@ -239,11 +244,13 @@ class IncludeMarkdown(SphinxDirective):
     }
 
     def run(self) -> list[nodes.Node]:
-        path = (ROOT / self.arguments[0]).resolve()
-        self.env.note_dependency(str(path))
+        candidates = [(ROOT / arg).resolve() for arg in self.arguments]
+        for candidate in candidates:
+            self.env.note_dependency(str(candidate))
+        path = next((c for c in candidates if c.is_file()), candidates[0])
         if not path.is_file():
             if "optional" not in self.options:
-                raise self.error(f"include-markdown: {path} does not exist")
+                raise self.error(f"include-markdown: none of {self.arguments} exists")
             node = nodes.container()
             self.state.nested_parse(self.content, self.content_offset, node)
             return node.children
