@@ -64,7 +64,7 @@ class GradNorm(Weighting):
         parameters) or an iterable of tensors. May be ``None`` if every call
         passes ``representation=``.
     alpha
-        The asymmetry :math:`\alpha \ge 0` (the paper uses 0.12 to 3; 1.5 is common).
+        The asymmetry :math:`\alpha \ge 0` (the paper tunes it per problem; 1.5 is common).
     lr
         Step size of the weights' update.
     **kwargs
@@ -80,12 +80,12 @@ class GradNorm(Weighting):
         If a loss or a gradient norm is NaN or infinite (naming the task).
 
     .. note::
-        The paper minimises :math:`L_{\text{grad}}` with the network's optimizer
-        (Adam). Dividing the gradient by the mean gradient norm keeps the step
-        size independent of the scale of the losses, as Adam does, without a
-        second optimizer state; plain gradient descent on
-        :math:`L_{\text{grad}}` is the same rule with step
-        ``lr / mean(g)``.
+        The paper takes gradient steps on :math:`L_{\text{grad}}` alongside the
+        network's; reimplementations usually hand :math:`w` to the network's
+        optimizer (often Adam). Dividing the gradient by the mean gradient norm
+        keeps the step size independent of the scale of the losses, much as
+        Adam does, without a second optimizer state: plain gradient descent on
+        :math:`L_{\text{grad}}` is the same rule with step ``lr / mean(g)``.
 
     Examples
     --------

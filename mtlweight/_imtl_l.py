@@ -32,7 +32,9 @@ class IMTLL(_LearnedScale):
     :math:`\partial L / \partial s_t = e^{s_t} L_t - 1` drives every scaled
     loss :math:`e^{s_t} L_t` towards 1, so that the tasks contribute
     impartially whatever the scale of their losses. :attr:`weights` reports
-    :math:`w_t` (at the values of :math:`s` used for this step).
+    :math:`w_t` (at the values of :math:`s` used for this step). Under
+    :mod:`torch.distributed` the gradient of :math:`s` is averaged over the
+    processes, as DDP does for the model.
 
     Parameters
     ----------
@@ -53,10 +55,11 @@ class IMTLL(_LearnedScale):
 
     .. note::
         The paper pairs this loss balance with its gradient balance (IMTL-G,
-        :class:`~mtlweight.IMTLG`); this class is the loss part alone. The
-        paper applies :math:`e^{s_t}` to the raw loss; as in its released
-        code, the whole objective is minimised over :math:`s` by the model's
-        optimizer rather than by a separate rule.
+        :class:`~mtlweight.IMTLG`); this class is the loss part alone, usable
+        with any gradient-level method or none. :math:`s` is trained by
+        gradient descent together with the network, as in the paper: here by
+        the user's optimizer, so its learning rate and schedule apply to
+        :math:`s` as well.
 
     Examples
     --------

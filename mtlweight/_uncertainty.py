@@ -33,12 +33,35 @@ def _names(tasks: Sequence[str] | int, strategy: str) -> list[str]:
     return names
 
 
+class _SyncGradient(torch.autograd.Function):
+    """Identity whose backward passes the gradient of ``s`` through :meth:`Weighting.statistic`.
+
+    The learnable ``s`` is not part of the user's DDP-wrapped model, so DDP
+    does not reduce its gradient; :meth:`~mtlweight.Weighting.statistic`
+    averages it over the processes (and records it as ``"s_grad"``), so that
+    ``s``, hence the weights, stays identical on every rank. Averaging an
+    already averaged gradient (a weighting wrapped in DDP itself) changes nothing.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, s: Tensor, weighting: Weighting) -> Tensor:
+        ctx.weighting = weighting
+        return s.view_as(s)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return ctx.weighting.statistic("s_grad", grad), None
+
+
 class _LearnedScale(Weighting):
     """Shared machinery of strategies with one learnable :math:`s_t` per task.
 
     The total is ``sum_t c_t(s_t) L_t + r(s_t)``, differentiable in ``s`` so
     that the user's optimizer trains ``s`` together with the model: the
     weights are *not* detached, unlike in :class:`~mtlweight.Weighting`.
+    The gradient of ``s`` goes through :meth:`~mtlweight.Weighting.statistic`
+    (as ``"s_grad"``): under :mod:`torch.distributed` (with ``sync``) it is
+    averaged over the processes, as DDP does for the model's parameters.
     """
 
     s: nn.Parameter
@@ -58,7 +81,8 @@ class _LearnedScale(Weighting):
                 f"{type(self).__name__}'s parameters are on {self.s.device} but the losses are on "
                 f"{device}; move the weighting with .to(device) before building the optimizer"
             )
-        coefficients, regularisers = self.terms(self.s)
+        s: Tensor = _SyncGradient.apply(self.s, self)  # type: ignore[no-untyped-call]
+        coefficients, regularisers = self.terms(s)
         assert self.tasks is not None
         if names == self.tasks:
             return coefficients, regularisers
@@ -113,7 +137,10 @@ class UncertaintyWeighting(_LearnedScale):
     :math:`\partial L / \partial s_t = 1 - c_t e^{-s_t} L_t` drives
     :math:`s_t` to :math:`\log(c_t L_t)`: a task with a large loss is
     down-weighted. The total may be negative. :attr:`weights` reports
-    :math:`w_t` (at the values of :math:`s` used for this step).
+    :math:`w_t` (at the values of :math:`s` used for this step). Under
+    :mod:`torch.distributed` the gradient of :math:`s` is averaged over the
+    processes, as DDP does for the model, so :math:`s` stays the same on every
+    rank without wrapping the weighting in DDP.
 
     Parameters
     ----------

@@ -172,3 +172,12 @@ def test_losses_on_another_device_are_rejected() -> None:
     uw = mw.UncertaintyWeighting(1)
     with pytest.raises(ValueError, match="move the weighting"):
         uw([torch.tensor(1.0, device="cuda")])
+
+
+def test_gradient_of_s_goes_through_statistic() -> None:
+    """The one place reduced across processes: under DDP every rank gets the mean gradient."""
+    uw = mw.UncertaintyWeighting(["a", "b"])
+    uw({"a": torch.tensor(3.0), "b": torch.tensor(0.5)}).backward()
+    assert uw.s.grad is not None
+    torch.testing.assert_close(uw.statistics["s_grad"], uw.s.grad)
+    torch.testing.assert_close(uw.statistics["loss"], torch.tensor([3.0, 0.5]))
