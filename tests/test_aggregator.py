@@ -1,0 +1,180 @@
+"""The GradientAggregator base: the two conventions, the hooks, what a method is given."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from helpers import TinyMultiTask, per_task_gradients
+from numpy.typing import NDArray
+from torch import Tensor, nn
+
+import mtlweight as mw
+
+
+class Recorder(mw.GradientAggregator):
+    """Fixed coefficients ``0.5, 1.5, 2.5, ...``; records what ``aggregate`` receives."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: dict[str, Any] = {}
+        self.statistic_names: list[str] = []
+
+    def aggregate(self, gram: NDArray[np.float64], values: Tensor) -> NDArray[np.float64]:
+        self.seen = {"gram": gram, "values": values}
+        return np.arange(gram.shape[0], dtype=np.float64) + 0.5
+
+    def statistic(self, name: str, value: Tensor) -> Tensor:
+        self.statistic_names.append(name)
+        return super().statistic(name, value)
+
+
+def grads_of(params: list[nn.Parameter]) -> NDArray[np.float64]:
+    """The ``.grad`` of ``params`` flattened and concatenated (zeros for ``None``)."""
+    return np.concatenate(
+        [
+            (torch.zeros_like(p) if p.grad is None else p.grad).double().reshape(-1).numpy()
+            for p in params
+        ]
+    )
+
+
+def trunk_and_heads(model: TinyMultiTask) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    return list(model.trunk.parameters()), [
+        p for t in model.tasks for p in model.head(t).parameters()
+    ]
+
+
+def test_aggregate_gets_the_gram_matrix_and_the_losses(model: TinyMultiTask) -> None:
+    trunk, _ = trunk_and_heads(model)
+    reference = per_task_gradients(model.losses, trunk)
+    jac = np.stack(list(reference.values()))
+    recorder = Recorder(model.trunk)
+    losses = model.losses()
+    recorder(losses)
+    gram = recorder.seen["gram"]
+    assert gram.dtype == np.float64 and gram.shape == (3, 3)
+    np.testing.assert_array_equal(gram, gram.T)
+    np.testing.assert_allclose(gram, jac @ jac.T, rtol=1e-5)
+    torch.testing.assert_close(recorder.statistics["gram"], torch.from_numpy(gram))
+    torch.testing.assert_close(
+        recorder.seen["values"], torch.stack([v.detach() for v in losses.values()])
+    )
+    assert recorder.weights == {"pixel": 0.5, "edge": 1.5, "texture": 2.5}
+
+
+def test_the_jacobian_goes_through_statistic_and_is_not_kept(model: TinyMultiTask) -> None:
+    """Under DDP ``statistic`` averages J across processes: every rank gets the same weights."""
+    recorder = Recorder(model.trunk)
+    recorder(model.losses())
+    assert recorder.statistic_names == ["jacobian"]
+    assert "jacobian" not in recorder.statistics and "gram" in recorder.statistics
+
+
+@pytest.mark.parametrize("representation", [False, True])
+def test_weighted_and_plain_give_the_shared_parameters_the_same_gradient(
+    model: TinyMultiTask, representation: bool
+) -> None:
+    trunk, heads = trunk_and_heads(model)
+    results = {}
+    for mode in ("weighted", "plain"):
+        model.zero_grad(set_to_none=True)
+        step = model.step()
+        weighting = Recorder(None if representation else model.trunk, task_specific=mode)
+        weighting.backward(
+            step.losses, representation=step.representation if representation else None
+        )
+        results[mode] = grads_of(trunk), grads_of(heads)
+    np.testing.assert_allclose(results["weighted"][0], results["plain"][0], rtol=1e-5, atol=1e-7)
+    assert not np.allclose(results["weighted"][1], results["plain"][1])
+
+
+def test_plain_mode_through_a_representation(model: TinyMultiTask) -> None:
+    """The trunk gets (dz/dtheta)^T J_z^T w = sum_t w_t grad L_t; the heads the plain sum."""
+    trunk, heads = trunk_and_heads(model)
+    per_trunk = per_task_gradients(model.losses, trunk)
+    per_heads = per_task_gradients(model.losses, heads)
+    recorder = Recorder(task_specific="plain")
+    step = model.step()
+    weights = recorder.backward(step.losses, representation=step.representation)
+    expected = sum(w * per_trunk[n] for n, w in weights.items())
+    np.testing.assert_allclose(grads_of(trunk), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grads_of(heads), sum(per_heads.values()), rtol=1e-5, atol=1e-7)
+
+
+def test_plain_mode_accumulates_and_removes_its_hooks(model: TinyMultiTask) -> None:
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.ones_like(p)
+    recorder = Recorder(model.trunk, task_specific="plain")
+    recorder.backward(model.losses())
+    first = grads_of(params)
+    model.zero_grad(set_to_none=True)
+    recorder.backward(model.losses())
+    np.testing.assert_allclose(first, grads_of(params) + 1, rtol=1e-6, atol=1e-5)
+    # the hooks are gone: a plain backward afterwards gives the plain gradient
+    model.zero_grad(set_to_none=True)
+    sum(model.losses().values()).backward()  # type: ignore[union-attr]
+    reference = per_task_gradients(model.losses, params)
+    np.testing.assert_allclose(grads_of(params), sum(reference.values()), rtol=1e-5, atol=1e-5)
+
+
+def test_call_in_plain_mode_raises_and_says_what_to_do(model: TinyMultiTask) -> None:
+    pcgrad = mw.PCGrad(model.trunk)
+    with pytest.raises(TypeError, match=r"call PCGrad.backward\(losses\) instead"):
+        pcgrad(model.losses())
+    assert pcgrad.step == 0
+    with pytest.raises(TypeError, match=r"task_specific='weighted'"):
+        Recorder(model.trunk, task_specific="plain")(model.losses())
+
+
+def test_backward_returns_the_weights(model: TinyMultiTask) -> None:
+    for mode in ("weighted", "plain"):
+        recorder = Recorder(model.trunk, task_specific=mode)
+        returned = recorder.backward(model.losses())
+        assert returned == recorder.weights == {"pixel": 0.5, "edge": 1.5, "texture": 2.5}
+        assert recorder.history[-1] == returned and recorder.step == 1
+
+
+def test_representation_overrides_shared(model: TinyMultiTask) -> None:
+    recorder = Recorder(model.trunk)
+    step = model.step()
+    assert step.representation is not None
+    recorder(step.losses, representation=step.representation)
+    per_z = np.stack(
+        [
+            torch.autograd.grad(v, step.representation, retain_graph=True)[0]
+            .double()
+            .reshape(-1)
+            .numpy()
+            for v in step.losses.values()
+        ]
+    )
+    np.testing.assert_allclose(recorder.seen["gram"], per_z @ per_z.T, rtol=1e-5)
+
+
+def test_mgda_ub_needs_a_representation(model: TinyMultiTask) -> None:
+    with pytest.raises(ValueError, match=r"MGDAUB takes the gradients .* representation=features"):
+        mw.MGDAUB(model.trunk)(model.losses())
+
+
+def test_half_precision_parameters() -> None:
+    """bfloat16 gradients: the Gram is accumulated in float32, the hook returns bfloat16."""
+    theta = nn.Parameter(torch.tensor([1.0, 2.0, 3.0], dtype=torch.bfloat16))
+    direction = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.bfloat16)
+    for mode in ("weighted", "plain"):
+        theta.grad = None
+        weights = mw.MGDA([theta], task_specific=mode).backward(
+            [(theta * theta).sum(), (theta * direction).sum()]
+        )
+        assert theta.grad is not None and theta.grad.dtype == torch.bfloat16
+        assert all(np.isfinite(list(weights.values())))
+
+
+def test_the_graph_survives_the_call(model: TinyMultiTask) -> None:
+    losses = model.losses()
+    total = mw.MGDA(model.trunk)(losses)
+    total.backward()  # type: ignore[no-untyped-call]
+    assert all(p.grad is not None for p in model.parameters())
