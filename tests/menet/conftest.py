@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from menet.images import quantize, write_image
 from menet.rain import synthesize_rain
 

@@ -11,8 +11,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
-
 from menet.data import (
     PairedFolder,
     RandomCropPairs,
@@ -24,6 +22,7 @@ from menet.data import (
     ten_crops,
 )
 from menet.images import quantize, read_bit_depth, read_image, write_image
+from PIL import Image
 
 MakeImage = Callable[[int, int, int], torch.Tensor]
 
@@ -102,13 +101,13 @@ def test_unreadable_file_is_named(rain100l_folder: Path) -> None:
 def test_missing_folder_and_layout(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="dataset folder not found"):
         PairedFolder(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match="expected pairs.csv or the folders"):
+    with pytest.raises(FileNotFoundError, match=r"expected pairs\.csv or the folders"):
         PairedFolder(tmp_path)
 
 
 def test_cache_and_transform(rain100l_folder: Path) -> None:
     data = PairedFolder(rain100l_folder, cache=True, transform=lambda r, c: (r * 0, c))
-    rainy, clean = data[0]
+    rainy, _ = data[0]
     assert float(rainy.abs().sum()) == 0
     assert data.load(0)[1] is data.load(0)[1]  # decoded once
     assert data[-1][1].shape == (3, 36, 40)
@@ -262,7 +261,7 @@ def test_sixteen_bit(tmp_path: Path) -> None:
     got = read_image(tmp_path / "g.png")
     assert got.shape == (3, 1, 3)
     torch.testing.assert_close(got[1, 0], torch.tensor([0.0, 1000 / 65535, 1.0]))
-    with pytest.raises(ValueError, match="16-bit output needs .png or .tif"):
+    with pytest.raises(ValueError, match=r"16-bit output needs \.png or \.tif"):
         write_image(x, tmp_path / "a.jpg", bits=16)
 
 

@@ -9,8 +9,6 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
-
 from menet.model import (
     MENET,
     VARIANTS,
@@ -20,6 +18,7 @@ from menet.model import (
     pad_to_multiple,
     space_to_depth,
 )
+from torch import nn
 
 
 def n_trainable(m: nn.Module) -> int:
@@ -85,7 +84,9 @@ def test_convs_are_bias_free_and_all_but_last_followed_by_bn() -> None:
 def test_init_is_fan_in_variance_scaling() -> None:
     torch.manual_seed(0)
     net = MENET()
-    w = net.body[0].body[0][0].weight  # type: ignore[index]
+    block = net.body[0]
+    assert isinstance(block, ResidualBlock)
+    w = next(m for m in block.modules() if isinstance(m, nn.Conv2d)).weight
     fan_in = 64 * 9
     # He std sqrt(2/fan_in) truncated at ±2σ: std factor 0.8796.
     expected = math.sqrt(2.0 / fan_in) * 0.8796

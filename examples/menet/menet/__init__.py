@@ -33,7 +33,7 @@ from menet.evaluate import (
     summarize,
     write_csv,
 )
-from menet.images import quantize, read_image, read_bit_depth, write_image
+from menet.images import quantize, read_bit_depth, read_image, write_image
 from menet.metrics import psnr, rgb_to_y, ssim
 from menet.model import MENET, VARIANTS, depth_to_space, pad_to_multiple, space_to_depth
 from menet.rain import PRESETS, RainParams, rain_layer, synthesize_rain

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -256,6 +256,9 @@ class PairedFolder(Dataset[Pair]):
             self._cache[index] = pair
         return pair
 
+    def __iter__(self) -> Iterator[Pair]:
+        return (self[i] for i in range(len(self)))
+
     def __getitem__(self, index: int) -> Pair:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} pairs")
@@ -270,7 +273,7 @@ def _crop_box(h: int, w: int, size: int, k: int) -> tuple[bool, int, int]:
     if h < size or w < size:
         raise ValueError(f"image of {h}x{w} is smaller than the crop size {size}x{size}")
     boxes = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size),
-             (int(round((h - size) / 2.0)), int(round((w - size) / 2.0)))]
+             (round((h - size) / 2.0), round((w - size) / 2.0))]
     top, left = boxes[k % 5]
     return k >= 5, top, left
 
@@ -308,7 +311,7 @@ def ten_crops(img: Tensor, size: int = 224) -> Tensor:
     --------
     >>> x = torch.arange(16.0).reshape(1, 4, 4)
     >>> c = ten_crops(x, 2)
-    >>> c.shape, c[0].flatten().tolist(), c[6].flatten().tolist()
+    >>> c.shape, c[0].flatten().tolist(), c[5].flatten().tolist()
     (torch.Size([10, 1, 2, 2]), [0.0, 1.0, 4.0, 5.0], [3.0, 2.0, 7.0, 6.0])
     """
     if img.dim() < 2:
@@ -448,7 +451,7 @@ def builtin_images() -> list[tuple[str, Tensor]]:
     out = []
     for name in _BUILTIN:
         if name == "motorcycle":
-            arr = skimage.data.stereo_motorcycle()[0]
+            arr = getattr(skimage.data, "stereo_motorcycle")()[0]  # noqa: B009 (untyped)
         else:
             arr = getattr(skimage.data, name)()
         x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 255.0
@@ -505,9 +508,11 @@ class SyntheticRainPairs(Dataset[Pair]):
         self.names: list[str] = [
             img[0] if isinstance(img, tuple) else f"image-{i}" for i, img in enumerate(images)
         ]
-        for name, img in zip(self.names, self.images):
+        for name, img in zip(self.names, self.images, strict=True):
             if img.dim() != 3 or img.shape[0] != 3:
-                raise ValueError(f"clean image {name!r}: expected (3, H, W), found {tuple(img.shape)}")
+                raise ValueError(
+                    f"clean image {name!r}: expected (3, H, W), found {tuple(img.shape)}"
+                )
         self.preset = preset
         self.seed = seed
         self.repeats = repeats

@@ -79,7 +79,7 @@ def _scores(out: Tensor, clean: Tensor, protocol: Protocol) -> tuple[Tensor, Ten
 def _run(model: Model | None, x: Tensor, batch_size: int) -> Tensor:
     if model is None:
         return x
-    outs = [model(chunk) for chunk in x.split(batch_size)]
+    outs = [model(chunk) for chunk in torch.split(x, batch_size)]
     return quantize(torch.cat(outs))
 
 
@@ -262,7 +262,7 @@ def plot_psnr_histogram(
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     for label, p, _ in groups:
-        ax.hist([v for v in p if math.isfinite(v)], bins=edges, alpha=0.5, label=label)
+        ax.hist([v for v in p if math.isfinite(v)], bins=edges.tolist(), alpha=0.5, label=label)
     ax.set_xlabel("PSNR (dB)")
     ax.set_ylabel("images")
     ax.set_title(title or f"Per-image PSNR ({groups[0][0]} vs output, {_protocol(records)})")

@@ -32,7 +32,10 @@ _SIXTEEN_BIT_FORMATS = {".png", ".tif", ".tiff"}
 def quantize(x: Tensor, bits: int = 8) -> Tensor:
     """Snap [0, 1] values to the ``bits``-bit grid, as saving to an image file does.
 
-    .. math:: q(x) = \\operatorname{round}\\big(\\operatorname{clip}(x, 0, 1)\\,(2^b - 1)\\big) / (2^b - 1)
+    .. math::
+
+        q(x) = \\operatorname{round}\\big(\\operatorname{clip}(x, 0, 1)\\,(2^b - 1)\\big)
+               / (2^b - 1)
 
     Examples
     --------
@@ -149,33 +152,33 @@ def read_image(
     if mode in ("RGB", "RGBA"):
         arr16 = _read_16bit_tiff(path)
         if arr16 is not None:
-            x = torch.from_numpy(arr16.astype(np.float32) / 65535.0).permute(2, 0, 1)
-            return _to_rgb(x, path, alpha)
+            return _to_rgb(arr16, 65535.0, path, alpha)
     if mode == "P" or mode == "PA":
         img = img.convert("RGBA")
     elif mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
         img = img.convert("RGB")
     if img.mode in ("RGB", "RGBA", "L", "LA"):
-        data = np.asarray(img, dtype=np.float32) / 255.0
-    elif img.mode in _SIXTEEN_BIT_MODES:
-        raw = np.asarray(img)
+        return _to_rgb(np.asarray(img), 255.0, path, alpha)
+    if img.mode in _SIXTEEN_BIT_MODES:
         # Mode "I" is 32-bit; PNG greyscale 16-bit also opens as "I" (values <= 65535).
-        data = raw.astype(np.float32) / 65535.0
-    elif img.mode == "F":
-        data = np.asarray(img, dtype=np.float32)
-    else:
-        try:
-            data = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-        except (ValueError, OSError) as err:
-            raise ValueError(f"cannot convert image {path} (mode {mode}) to RGB: {err}") from err
-    if data.ndim == 2:
-        data = data[:, :, None]
-    x = torch.from_numpy(np.ascontiguousarray(data)).permute(2, 0, 1)
-    return _to_rgb(x, path, alpha)
+        return _to_rgb(np.asarray(img), 65535.0, path, alpha)
+    if img.mode == "F":
+        return _to_rgb(np.asarray(img, dtype=np.float32), 1.0, path, alpha)
+    try:
+        rgb = np.asarray(img.convert("RGB"))
+    except (ValueError, OSError) as err:
+        raise ValueError(f"cannot convert image {path} (mode {mode}) to RGB: {err}") from err
+    return _to_rgb(rgb, 255.0, path, alpha)
 
 
-def _to_rgb(x: Tensor, path: Path, alpha: str) -> Tensor:
-    """(C, H, W) with C in {1, 2, 3, 4} (grey, grey+alpha, RGB, RGBA) -> (3, H, W)."""
+def _to_rgb(raw: np.ndarray, scale: float, path: Path, alpha: str) -> Tensor:
+    """(H, W) or (H, W, C), C in {1, 2, 3, 4} (grey, grey+alpha, RGB, RGBA) -> (3, H, W).
+
+    Values are divided by ``scale``; the channel transpose happens on the raw
+    (small) integers, before the conversion to float.
+    """
+    chw = raw[None] if raw.ndim == 2 else np.ascontiguousarray(raw.transpose(2, 0, 1))
+    x = torch.from_numpy(chw.astype(np.float32) / np.float32(scale))
     c = x.shape[0]
     if c in (2, 4):
         colour, a = x[:-1], x[-1:]
@@ -184,7 +187,9 @@ def _to_rgb(x: Tensor, path: Path, alpha: str) -> Tensor:
         raise ValueError(f"image {path} has {c} channels; expected 1 to 4")
     if x.shape[0] == 1:
         x = x.expand(3, -1, -1)
-    return x.clamp(0.0, 1.0).contiguous().float()
+    if scale == 1.0:  # float images may hold values outside [0, 1]
+        x = x.clamp(0.0, 1.0)
+    return x.contiguous()
 
 
 def write_image(img: Tensor, path: PathLike, *, bits: int = 8, quality: int = 95) -> None:
@@ -225,7 +230,9 @@ def write_image(img: Tensor, path: PathLike, *, bits: int = 8, quality: int = 95
             return
         a8 = np.round(arr * 255.0).astype(np.uint8)
         pil = Image.fromarray(a8[:, :, 0] if a8.shape[2] == 1 else a8)
-        options = {"quality": quality} if suffix in (".jpg", ".jpeg", ".webp") else {}
-        pil.save(path, **options)
+        if suffix in (".jpg", ".jpeg", ".webp"):
+            pil.save(path, quality=quality)
+        else:
+            pil.save(path)
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"cannot write image {path}: {err}") from err

@@ -92,7 +92,9 @@ class RainParams:
                 f"rain parameters 'black' < 'white' required, found {self.black} >= {self.white}"
             )
         if self.blend not in ("screen", "add"):
-            raise ValueError(f"rain parameter 'blend' must be 'screen' or 'add', found {self.blend!r}")
+            raise ValueError(
+                f"rain parameter 'blend' must be 'screen' or 'add', found {self.blend!r}"
+            )
 
 
 #: Calibrated presets: "light" ≈ Rain100L (26.9 dB Y input PSNR), "heavy" ≈ Rain100H (13.6 dB).
@@ -148,7 +150,7 @@ def line_kernel(length: float, width: float, angle: float) -> Tensor:
     (torch.Size([9, 9]), [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0])
     """
     theta = math.radians(angle)
-    half = int(math.ceil((length + width) / 2)) + 1
+    half = math.ceil((length + width) / 2) + 1
     r = torch.arange(-half, half + 1, dtype=torch.float32)
     dy, dx = torch.meshgrid(r, r, indexing="ij")
     along = dx * math.sin(theta) + dy * math.cos(theta)
