@@ -36,7 +36,7 @@ import mtlweight  # noqa: E402
 
 project = "mtlweight"
 author = "mtlweight developers"
-copyright = "2026, mtlweight developers"  # noqa: A001
+copyright = "2026, mtlweight developers"
 release = mtlweight.__version__
 version = release
 

@@ -41,17 +41,17 @@ from typing import Any, ClassVar
 from docutils import nodes
 from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
+from md2rst import md_to_rst
 from sphinx.application import Sphinx
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective, SphinxRole
 from sphinx.util.nodes import nested_parse_with_titles
 
-from md2rst import md_to_rst
-
 logger = logging.getLogger(__name__)
 
 DOCS = Path(__file__).resolve().parents[1]
 ROOT = DOCS.parent
+
 
 def api_groups() -> list[tuple[str, str, list[str]]]:
     """(title, introduction, names) for each group of ``mtlweight.__all__``, in page order."""
@@ -148,7 +148,7 @@ class MtlweightApi(SphinxDirective):
             if intro:
                 lines += [intro, ""]
             for name in names:
-                lines += _autodoc_lines(name) + [""]
+                lines += [*_autodoc_lines(name), ""]
         subs = [n for n in mtlweight.__all__ if inspect.ismodule(getattr(mtlweight, n))]
         if subs:
             lines += ["Submodules", "-" * len("Submodules"), ""]
@@ -176,7 +176,7 @@ class MtlweightApi(SphinxDirective):
         node = nodes.section()
         node.document = self.state.document
         nested_parse_with_titles(self.state, StringList(lines, source="<mtlweight-api>"), node)
-        return node.children
+        return list(node.children)
 
 
 class MtlweightModule(SphinxDirective):
@@ -193,7 +193,7 @@ class MtlweightModule(SphinxDirective):
             raise self.error(str(exc)) from exc
         node = nodes.container()
         self.state.nested_parse(StringList(lines, source=f"<mtlweight-module {modname}>"), 0, node)
-        return node.children
+        return list(node.children)
 
 
 class MtlweightRegistry(SphinxDirective):
@@ -218,10 +218,14 @@ class MtlweightRegistry(SphinxDirective):
         for key in _registry.available():
             cls = _registry._REGISTRY[key]
             alias = ", ".join(f"``{a}``" for a in aliases.get(key, [])) or "--"
-            lines += [f"   * - ``{key}``", f"     - {alias}", f"     - :class:`mtlweight.{cls.__name__}`"]
+            lines += [
+                f"   * - ``{key}``",
+                f"     - {alias}",
+                f"     - :class:`mtlweight.{cls.__name__}`",
+            ]
         node = nodes.container()
         self.state.nested_parse(StringList(lines, source="<mtlweight-registry>"), 0, node)
-        return node.children
+        return list(node.children)
 
 
 def _section_heading(level: int, title: str) -> list[str]:
@@ -253,7 +257,7 @@ class IncludeMarkdown(SphinxDirective):
                 raise self.error(f"include-markdown: none of {self.arguments} exists")
             node = nodes.container()
             self.state.nested_parse(self.content, self.content_offset, node)
-            return node.children
+            return list(node.children)
         text = path.read_text(encoding="utf-8")
         if "sections" in self.options:
             # The page has its own title: drop the file's level-1 heading.
@@ -264,7 +268,7 @@ class IncludeMarkdown(SphinxDirective):
         node = nodes.section()
         node.document = self.state.document
         nested_parse_with_titles(self.state, StringList(rst.split("\n"), source=str(path)), node)
-        return node.children
+        return list(node.children)
 
 
 class OptionalFigure(SphinxDirective):
@@ -296,7 +300,7 @@ class OptionalFigure(SphinxDirective):
             source = self.content
         node = nodes.container()
         self.state.nested_parse(source, self.content_offset, node)
-        return node.children
+        return list(node.children)
 
 
 class TestRole(SphinxRole):
@@ -313,11 +317,15 @@ class TestRole(SphinxRole):
             source = path.read_text(encoding="utf-8")
             for part in rest.split("::"):
                 name = part.split("[")[0]
-                if not re.search(rf"^\s*(async\s+)?(def|class)\s+{re.escape(name)}\b", source, re.M):
+                if not re.search(
+                    rf"^\s*(async\s+)?(def|class)\s+{re.escape(name)}\b", source, re.M
+                ):
                     problem = f"{name} is not defined in {file_part}"
                     break
         if problem:
-            logger.warning("stale test reference %r: %s", target, problem, location=self.get_location())
+            logger.warning(
+                "stale test reference %r: %s", target, problem, location=self.get_location()
+            )
         return [nodes.literal(target, target, classes=["test-ref"])], []
 
 

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.axes import Axes
 from torch import Tensor
 
 from mtlweight.functional import edge_aware_loss, texture_matching_loss
@@ -28,7 +29,7 @@ def clean_image() -> Tensor:
     """A (1, 3, 256, 256) crop of skimage's ``chelsea`` in [0, 1]."""
     import skimage.data
 
-    arr = skimage.data.chelsea()[CROP]
+    arr = skimage.data.chelsea()[CROP]  # type: ignore[no-untyped-call]
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float() / 255.0
 
 
@@ -54,10 +55,11 @@ def rainy_image(clean: Tensor) -> Tensor:
         from menet.rain import synthesize_rain
     except ImportError:
         return _streaks(clean)
-    return synthesize_rain(clean, preset="light", seed=0)
+    rainy: Tensor = synthesize_rain(clean, preset="light", seed=0)
+    return rainy
 
 
-def _show(ax: plt.Axes, image: np.ndarray, title: str, cmap: str | None = None) -> None:
+def _show(ax: Axes, image: np.ndarray, title: str, cmap: str | None = None) -> None:
     ax.imshow(image, cmap=cmap)
     ax.set_title(title, fontsize=8)
     ax.set_xticks([])

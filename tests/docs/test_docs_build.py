@@ -27,7 +27,7 @@ pytest.importorskip("furo")
 pytest.importorskip("sphinx_autodoc_typehints")
 pytest.importorskip("matplotlib")
 
-import mtlweight  # noqa: E402
+import mtlweight
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -205,6 +205,40 @@ def test_submodules_listed_in_the_api_exist() -> None:
         assert getattr(module, "__all__", None), f"docs/api/{page}.rst documents no __all__"
 
 
+def _mini_build(tmp_path: Path, index: str) -> Build:
+    """Build a one-page project that uses the docs' local extension (``-b dummy``)."""
+    src = tmp_path / "src"
+    src.mkdir(parents=True)
+    (src / "conf.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(DOCS / '_ext')!r})\n"
+        "extensions = ['mtlweight_docs']\n",
+        encoding="utf-8",
+    )
+    (src / "index.rst").write_text(index, encoding="utf-8")
+    cmd = [sys.executable, "-m", "sphinx", "-W", "-q", "-b", "dummy", str(src), str(tmp_path / "o")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return Build(tmp_path / "o", proc.returncode, proc.stdout + proc.stderr)
+
+
+def test_a_stale_test_reference_fails_the_build(tmp_path: Path) -> None:
+    page = "T\n=\n\n:test:`tests/docs/test_docs_build.py::{}`\n"
+    ok = _mini_build(tmp_path / "ok", page.format("_mini_build"))
+    assert ok.returncode == 0, ok.log
+    stale = _mini_build(tmp_path / "stale", page.format("nope"))
+    assert stale.returncode != 0
+    assert "stale test reference" in stale.log and "nope" in stale.log
+
+
+def test_optional_markdown_falls_back_to_the_directive_content(tmp_path: Path) -> None:
+    page = (
+        "T\n=\n\n.. include-markdown:: docs/_generated/no-such-file.md\n   :optional:\n\n"
+        "   Nothing measured yet.\n"
+    )
+    assert _mini_build(tmp_path / "a", page).returncode == 0
+    required = "T\n=\n\n.. include-markdown:: docs/_generated/no-such-file.md\n"
+    assert _mini_build(tmp_path / "b", required).returncode != 0
+
+
 # ------------------------------------------------------------ Markdown inclusion
 
 
@@ -244,9 +278,43 @@ def test_markdown_tables_become_list_tables() -> None:
 
 _MD_PIECES = st.sampled_from(
     [
-        "# ", "## ", "- ", "  - ", "1. ", "| ", " | ", "|---|---|\n", "```\n", "```python\n", "`", "``",
-        "**", "*", "_", "__", "[", "]", "(", ")", "<", ">", "http://x.org", "\\", "|x|",
-        "a", "b_", "word", " ", "\n", "\n\n", "> ", ".. ", "::", "=", "-", "0.5",
+        "# ",
+        "## ",
+        "- ",
+        "  - ",
+        "1. ",
+        "| ",
+        " | ",
+        "|---|---|\n",
+        "```\n",
+        "```python\n",
+        "`",
+        "``",
+        "**",
+        "*",
+        "_",
+        "__",
+        "[",
+        "]",
+        "(",
+        ")",
+        "<",
+        ">",
+        "http://x.org",
+        "\\",
+        "|x|",
+        "a",
+        "b_",
+        "word",
+        " ",
+        "\n",
+        "\n\n",
+        "> ",
+        ".. ",
+        "::",
+        "=",
+        "-",
+        "0.5",
     ]
 )
 
