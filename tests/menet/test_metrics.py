@@ -153,3 +153,11 @@ def test_rgb_to_y_matches_skimage(seed: int) -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-9)
     with pytest.raises(ValueError, match=r"\(\.\.\., 3, H, W\)"):
         rgb_to_y(torch.zeros(4, 2, 2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    a = torch.rand(2, 3, 20, 20) * 255
+    b = torch.rand(2, 3, 20, 20) * 255
+    torch.testing.assert_close(ssim(a.cuda(), b.cuda()).cpu(), ssim(a, b))
+    torch.testing.assert_close(psnr(a.cuda(), b.cuda()).cpu(), psnr(a, b))

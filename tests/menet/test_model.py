@@ -213,3 +213,13 @@ def test_channel_attention_scales_between_one_and_two(seed: int) -> None:
 def test_forward_rejects_wrong_channels() -> None:
     with pytest.raises(ValueError, match=r"expects \(B, 3, H, W\), found shape \(1, 1, 8, 8\)"):
         MENET(blocks=1)(torch.rand(1, 1, 8, 8))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_forward_matches_cpu() -> None:
+    net = MENET(blocks=1).eval()
+    x = torch.rand(1, 3, 19, 23)
+    with torch.no_grad():
+        expected = net(x)
+        got = net.cuda()(x.cuda()).cpu()
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)

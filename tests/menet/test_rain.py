@@ -179,3 +179,11 @@ def test_rain_layer_device_and_errors() -> None:
     assert r.shape == (2, 1, 8, 9)
     with pytest.raises(ValueError, match="sizes must be positive"):
         rain_layer(0, 9, seed=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_input_gives_the_same_rain() -> None:
+    clean = image(4)
+    got = synthesize_rain(clean.cuda(), seed=3, preset="heavy")
+    assert got.device.type == "cuda"
+    torch.testing.assert_close(got.cpu(), synthesize_rain(clean, seed=3, preset="heavy"))

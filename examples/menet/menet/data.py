@@ -323,6 +323,8 @@ class TenCropPairs(Dataset[Pair]):
     """All ten aligned crops of every pair of ``dataset`` (the paper's training set).
 
     Item ``i`` is crop ``i % 10`` (order of :func:`ten_crops`) of pair ``i // 10``.
+    Each item reads its pair from ``dataset``: wrap a :class:`PairedFolder` built
+    with ``cache=True`` to decode each image once rather than ten times.
 
     Examples
     --------
