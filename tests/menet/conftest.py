@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from menet.images import quantize, write_image
 from menet.rain import synthesize_rain
 

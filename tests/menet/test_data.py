@@ -11,6 +11,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
+
 from menet.data import (
     PairedFolder,
     RandomCropPairs,
@@ -22,7 +24,6 @@ from menet.data import (
     ten_crops,
 )
 from menet.images import quantize, read_bit_depth, read_image, write_image
-from PIL import Image
 
 MakeImage = Callable[[int, int, int], torch.Tensor]
 

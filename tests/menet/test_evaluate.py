@@ -9,6 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio as _sk_psnr
+from skimage.metrics import structural_similarity
+from torch import Tensor
+
 from menet.data import PairedFolder, load_split, ten_crops
 from menet.evaluate import (
     ImageRecord,
@@ -21,10 +26,6 @@ from menet.evaluate import (
 )
 from menet.images import quantize
 from menet.model import MENET
-from PIL import Image
-from skimage.metrics import peak_signal_noise_ratio as _sk_psnr
-from skimage.metrics import structural_similarity
-from torch import Tensor
 
 OFFSET = 10 / 255
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from menet.metrics import gaussian_window, psnr, rgb_to_y, ssim
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from menet.metrics import gaussian_window, psnr, rgb_to_y, ssim
 
 
 def sk_ssim(a: np.ndarray, b: np.ndarray, channel_axis: int | None = 0) -> float:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
+
 from menet.model import (
     MENET,
     VARIANTS,
@@ -18,7 +20,6 @@ from menet.model import (
     pad_to_multiple,
     space_to_depth,
 )
-from torch import nn
 
 
 def n_trainable(m: nn.Module) -> int:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from menet.data import builtin_images
 from menet.images import quantize
 from menet.metrics import psnr, rgb_to_y
