@@ -105,20 +105,45 @@ class Weighting(nn.Module, ABC):
             A shared intermediate tensor, for strategies that take gradients with
             respect to it (ignored by the others).
         """
+        fresh = self.tasks is None
+        try:
+            names, values, detached = self._prepare(losses)
+            weights = self.compute_weights(
+                names, values, detached, representation=representation
+            ).detach()
+        except Exception:
+            if fresh:  # a failed first call must not fix the task names
+                self.tasks = None
+            raise
+        self._record(names, weights)
+        total = values[0].reshape(()) * weights[0].to(values[0].dtype)
+        for w, v in zip(weights[1:], values[1:], strict=True):
+            total = total + v.reshape(()) * w.to(v.dtype)
+        return total
+
+    def _prepare(self, losses: Losses) -> tuple[list[str], list[Tensor], Tensor]:
+        """The checks every call starts with; returns names, losses and detached values.
+
+        The detached values are stacked in float32 (float64 if any loss is).
+        Stateful strategies fix their task names here at their first call
+        (:meth:`forward` undoes that if the call then fails).
+        """
         names, values = normalise_losses(losses)
         self._check_tasks(names)
         check_min_tasks(names, self.min_tasks, type(self).__name__, self._why_min_tasks)
         dtype = torch.float64 if any(v.dtype == torch.float64 for v in values) else torch.float32
         detached = torch.stack([v.detach().reshape(()).to(dtype) for v in values])
         check_finite(names, detached, "loss")
-        weights = self.compute_weights(
-            names, values, detached, representation=representation
-        ).detach()
-        self._record(names, weights)
-        total = values[0].reshape(()) * weights[0].to(values[0].dtype)
-        for w, v in zip(weights[1:], values[1:], strict=True):
-            total = total + v.reshape(()) * w.to(v.dtype)
-        return total
+        return names, values, detached
+
+    def task_index(self, names: list[str]) -> list[int] | None:
+        """Positions in :attr:`tasks` of this call's ``names``; ``None`` if in the same order.
+
+        For stateful strategies whose state is stored in the order of :attr:`tasks`.
+        """
+        if self.tasks is None or names == self.tasks:
+            return None
+        return [self.tasks.index(n) for n in names]
 
     def backward(self, losses: Losses, *, representation: Tensor | None = None) -> dict[str, float]:
         """Weight ``losses``, backpropagate the total and return the weights used.

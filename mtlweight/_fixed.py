@@ -82,7 +82,5 @@ class Fixed(Weighting):
         representation: Tensor | None = None,
     ) -> Tensor:
         weights = self.fixed_weights.to(values.device)
-        if self.tasks is None:
-            return weights
-        index = torch.tensor([self.tasks.index(n) for n in names], device=values.device)
-        return weights[index]
+        index = self.task_index(names)
+        return weights if index is None else weights[index]

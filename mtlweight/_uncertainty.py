@@ -12,9 +12,6 @@ from torch import Tensor, nn
 from mtlweight._base import Weighting
 from mtlweight._validation import (
     Losses,
-    check_finite,
-    check_min_tasks,
-    normalise_losses,
     task_names,
 )
 
@@ -83,10 +80,9 @@ class _LearnedScale(Weighting):
             )
         s: Tensor = _SyncGradient.apply(self.s, self)  # type: ignore[no-untyped-call]
         coefficients, regularisers = self.terms(s)
-        assert self.tasks is not None
-        if names == self.tasks:
+        index = self.task_index(names)
+        if index is None:
             return coefficients, regularisers
-        index = torch.tensor([self.tasks.index(n) for n in names], device=device)
         return coefficients[index], regularisers[index]
 
     def compute_weights(
@@ -101,13 +97,10 @@ class _LearnedScale(Weighting):
 
     def forward(self, losses: Losses, *, representation: Tensor | None = None) -> Tensor:
         """Return :math:`\\sum_t c_t L_t + r_t`, differentiable in the losses and in ``s``."""
-        names, values = normalise_losses(losses)
-        self._check_tasks(names)
-        check_min_tasks(names, self.min_tasks, type(self).__name__, self._why_min_tasks)
-        dtype = torch.float64 if any(v.dtype == torch.float64 for v in values) else torch.float32
+        names, values, detached = self._prepare(losses)
+        dtype = detached.dtype
         stacked = torch.stack([v.reshape(()).to(dtype) for v in values])
-        check_finite(names, stacked.detach(), "loss")
-        self.statistic("loss", stacked)
+        self.statistic("loss", detached)
         coefficients, regularisers = self._terms_for(names, stacked.device)
         total = (coefficients.to(dtype) * stacked + regularisers.to(dtype)).sum()
         self._record(names, coefficients.detach())
