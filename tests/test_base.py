@@ -260,6 +260,64 @@ def test_has_no_parameters(case: Case, model: TinyMultiTask) -> None:
     assert all(k == "_extra_state" for k in weighting.state_dict())
 
 
+# ------------------------------------------------------- known values
+class Known(NamedTuple):
+    """One row of the table of known values.
+
+    Task ``t`` has the loss ``value_t + slope_t . (p - 1)`` for a shared
+    parameter ``p = 1`` of size 2: its value is ``value_t`` and its gradient
+    ``slope_t`` (norm ``|slope_t|``), so every strategy's answer is hand-computable.
+    """
+
+    make: Callable[[Tensor], mw.Weighting]
+    values: list[float]
+    slopes: list[tuple[float, float]]
+    expected: list[float]
+
+
+KNOWN: dict[str, Known] = {
+    # Later strategies add their rows here.
+    "fixed": Known(lambda p: mw.Fixed([1.0, 0.01]), [2.0, 100.0], [(1, 0), (0, 1)], [1.0, 0.01]),
+    "lb-2": Known(lambda p: mw.LossBalance(), [3.0, 1.0], [(1, 0), (0, 1)], [0.25, 0.75]),
+    "lb-3": Known(lambda p: mw.LossBalance(), [1.0, 2.0, 5.0], [(0, 0)] * 3, [7 / 8, 6 / 8, 3 / 8]),
+    "lb-zero": Known(lambda p: mw.LossBalance(), [0.0, 0.0], [(1, 0), (0, 1)], [0.5, 0.5]),
+    "gb-2": Known(
+        lambda p: mw.GradientBalance(shared=[p]), [5.0, 1.0], [(1, 0), (3, 0)], [0.75, 0.25]
+    ),
+    "gb-3": Known(
+        lambda p: mw.GradientBalance(shared=[p]),
+        [1.0, 1.0, 1.0],
+        [(3, 4), (6, 8), (0, 0)],  # norms 5, 10, 0
+        [2 / 3, 1 / 3, 1.0],
+    ),
+    "gb-zero": Known(
+        lambda p: mw.GradientBalance(shared=[p]), [1.0, 2.0, 3.0], [(0, 0)] * 3, [2 / 3] * 3
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(KNOWN))
+def test_known_values(name: str) -> None:
+    row = KNOWN[name]
+    p = nn.Parameter(torch.ones(2))
+    losses = [
+        v + torch.tensor(s, dtype=torch.float32) @ (p - 1)
+        for v, s in zip(row.values, row.slopes, strict=True)
+    ]
+    weighting = row.make(p)
+    total = weighting(losses)
+    names = [str(i) for i in range(len(losses))]
+    assert check_weights(weighting, names).tolist() == pytest.approx(row.expected, abs=1e-6)
+    expected_total = sum(w * v for w, v in zip(row.expected, row.values, strict=True))
+    assert float(total.detach()) == pytest.approx(expected_total, rel=1e-6)
+    (grad,) = torch.autograd.grad(total, [p])
+    expected_grad = sum(
+        w * torch.tensor(s, dtype=torch.float32)
+        for w, s in zip(row.expected, row.slopes, strict=True)
+    )
+    torch.testing.assert_close(grad, expected_grad)
+
+
 # ------------------------------------------------------ the base contract
 def test_compute_weights_receives_checked_inputs() -> None:
     equal = Equal()
