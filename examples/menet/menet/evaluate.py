@@ -176,6 +176,8 @@ def evaluate_pairs(
 def summarize(records: Records) -> dict[str, float]:
     """Means over images of every score, plus ``count`` and ``psnr_gain`` (output - input).
 
+    A pair scored on identical images has PSNR ``inf``, and so has the mean.
+
     Examples
     --------
     >>> r = ImageRecord("a", 1, "standard", 20.0, 0.5, 30.0, 0.9)
