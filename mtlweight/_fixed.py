@@ -41,6 +41,11 @@ class Fixed(Weighting):
     """
 
     def __init__(self, weights: Mapping[str, float] | Sequence[float], **kwargs: object) -> None:
+        if "tasks" in kwargs:
+            raise TypeError(
+                "Fixed takes its task names from the keys of `weights`; pass a dict "
+                "{name: weight} instead of tasks=..."
+            )
         if isinstance(weights, Mapping):
             names: list[str] | None = [str(k) for k in weights]
             values = [float(v) for v in weights.values()]
@@ -56,20 +61,14 @@ class Fixed(Weighting):
             if not math.isfinite(value):
                 raise ValueError(f"weight of task {label!r} must be finite; found {value}")
         super().__init__(names, **kwargs)  # type: ignore[arg-type]
-        self._by_name = dict(zip(labels, values, strict=True))
-        # float64 so that ``weights`` reports exactly what was given (0.01, not
-        # 0.00999...); the total is computed in each loss's own dtype.
-        self.fixed_weights: Tensor
-        self.register_buffer(
-            "fixed_weights", torch.tensor(values, dtype=torch.float64), persistent=False
-        )
+        self._values = values
 
     def _check_tasks(self, names: list[str]) -> None:
         if self.tasks is not None:
             super()._check_tasks(names)
-        elif len(names) != len(self._by_name):
+        elif len(names) != len(self._values):
             raise ValueError(
-                f"Fixed was given {len(self._by_name)} weights by position but the call has "
+                f"Fixed was given {len(self._values)} weights by position but the call has "
                 f"{len(names)} losses ({names})"
             )
 
@@ -81,6 +80,9 @@ class Fixed(Weighting):
         *,
         representation: Tensor | None = None,
     ) -> Tensor:
-        weights = self.fixed_weights.to(values.device)
+        # Built from the Python floats at each call, in float64, so that
+        # ``weights`` reports exactly what was given (0.01, not 0.00999...) even
+        # after ``model.half()``; the total is computed in each loss's dtype.
         index = self.task_index(names)
-        return weights if index is None else weights[index]
+        chosen = self._values if index is None else [self._values[i] for i in index]
+        return torch.tensor(chosen, dtype=torch.float64, device=values.device)

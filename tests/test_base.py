@@ -226,11 +226,6 @@ def test_fixed_weights_stay_exact_after_to_float64() -> None:
     assert fixed.weights == {"pixel": 1.0, "edge": 0.01}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Fixed keeps its weights in a floating buffer, so model.half() (with the weighting "
-    "as a submodule) rounds them: 0.01 becomes 0.0100021",
-)
 def test_fixed_weights_survive_half_precision_model() -> None:
     model = nn.Module()
     model.weighting = mw.Fixed({"pixel": 1.0, "edge": 0.01})
