@@ -1,0 +1,246 @@
+"""torch.compile: a compiled conv model trains with GB and LB, with the weighting outside it.
+
+The weighting runs in eager mode on the compiled model's outputs: GB's
+``torch.autograd.grad`` passes go through the compiled backward (``retain_graph``)
+before ``total.backward()``. The checks:
+
+* no graph break and no recompilation inside the model over several GB/LB steps
+  (``fullgraph=True`` with a backend that counts the graphs it is given, and
+  ``torch._dynamo.explain``);
+* with ``aot_eager`` (compiled forward *and* backward graphs, no C++ toolchain
+  needed) training gives the same weights and parameters as eager training;
+* with ``inductor`` the same, when a C++ compiler is present and inductor builds;
+  skipped otherwise, with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import mtlweight as mw
+import mtlweight.functional as MF
+
+pytestmark = pytest.mark.skipif(
+    sys.platform == "win32" or sys.version_info >= (3, 14),
+    reason="torch.compile does not support this platform / Python version",
+)
+
+STEPS = 3
+TASKS = ("pixel", "edge", "texture")
+
+
+class ConvNet(nn.Module):
+    """Two 3x3 convolutions (the shared body) and a last 3x3 convolution (GB's ``shared``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+        )
+        self.head = nn.Conv2d(8, 3, 3, padding=1)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return the features ``(B, 8, H, W)`` and the output ``x + head`` ``(B, 3, H, W)``."""
+        features = self.body(x)
+        return features, x + self.head(features)
+
+
+def data(step: int) -> tuple[Tensor, Tensor]:
+    """A fixed batch ``(2, 3, 8, 8)`` of rainy and clean images for ``step``."""
+    generator = torch.Generator().manual_seed(step)
+    clean = torch.rand(2, 3, 8, 8, generator=generator)
+    return clean + 0.3 * torch.rand(2, 3, 8, 8, generator=generator), clean
+
+
+def task_losses(output: Tensor, target: Tensor) -> dict[str, Tensor]:
+    """MENET's three losses: pixel MSE, edge-aware and texture matching (computed eagerly)."""
+    return {
+        "pixel": nn.functional.mse_loss(output, target),
+        "edge": MF.edge_aware_loss(output, target),
+        "texture": MF.texture_matching_loss(output, target),
+    }
+
+
+def make_weighting(name: str, net: ConvNet) -> mw.Weighting:
+    if name == "gb":
+        return mw.GradientBalance(shared=net.head)
+    if name == "gb-representation":
+        return mw.GradientBalance()
+    return mw.LossBalance()
+
+
+Compiler = Callable[[ConvNet], Callable[..., Any]]
+"""Turns the model into what the training loop calls (its parameters unchanged)."""
+
+
+def whole(backend: Any) -> Compiler:
+    """Compile the whole model as one graph (``fullgraph=True``: a graph break is an error)."""
+    return lambda net: torch.compile(net, backend=backend, fullgraph=True)
+
+
+def split(backend: Any) -> Compiler:
+    """Compile the body and the head separately, so that the features cross a graph boundary.
+
+    This is how to use GB with a ``representation`` and a compiled model: a tensor
+    returned by a compiled graph next to the outputs computed from it is a sibling
+    output of the graph's autograd node, not an input of those outputs, so no loss
+    reaches it. Here the head's graph takes the features as its input.
+    """
+
+    def compile_parts(net: ConvNet) -> ConvNet:
+        # In place: the compiled wrappers hold the same parameters.
+        net.body = torch.compile(net.body, backend=backend, fullgraph=True)  # type: ignore[assignment]
+        net.head = torch.compile(net.head, backend=backend, fullgraph=True)  # type: ignore[assignment]
+        return net
+
+    return compile_parts
+
+
+def train(name: str, compile_model: Compiler | None) -> dict[str, Any]:
+    """Train :class:`ConvNet` for :data:`STEPS` Adam steps; return the weights and parameters."""
+    net = ConvNet()
+    model: Callable[..., Any] = net if compile_model is None else compile_model(net)
+    weighting = make_weighting(name, net)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    weights = []
+    for step in range(STEPS):
+        optimizer.zero_grad(set_to_none=True)
+        x, y = data(step)
+        features, output = model(x)
+        representation = features if name == "gb-representation" else None
+        weighting.backward(task_losses(output, y), representation=representation)
+        weights.append([weighting.weights[t] for t in TASKS])
+        optimizer.step()
+    params = [p.detach().clone() for p in net.parameters()]
+    return {"weights": torch.tensor(weights), "params": params}
+
+
+def assert_same_training(got: dict[str, Any], expected: dict[str, Any], name: str) -> None:
+    torch.testing.assert_close(
+        got["weights"], expected["weights"], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}"
+    )
+    for i, (a, b) in enumerate(zip(got["params"], expected["params"], strict=True)):
+        torch.testing.assert_close(
+            a, b, rtol=1e-4, atol=1e-5, msg=lambda m, i=i: f"{name}, parameter {i}: {m}"
+        )
+
+
+@contextlib.contextmanager
+def retain_graph_friendly() -> Iterator[None]:
+    """Turn off AOTAutograd's donated buffers, which forbid ``retain_graph=True``.
+
+    A compiled backward is built at its first call; when that call is a plain
+    ``backward()`` (a step with LB or Fixed, a warm-up), the backward may reuse
+    ("donate") saved buffers and then refuses every later ``retain_graph=True``
+    call: GB's ``torch.autograd.grad`` passes and the gradient-level methods fail
+    with "compiled with non-empty donated buffers". Set
+    ``torch._functorch.config.donated_buffer = False`` before compiling a model
+    that such a strategy will train.
+    """
+    config = importlib.import_module("torch._functorch.config")
+    if not hasattr(config, "donated_buffer"):  # older PyTorch: no donated buffers
+        yield
+        return
+    with config.patch(donated_buffer=False):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo() -> Iterator[None]:
+    """Every test starts and ends with empty compile caches."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_model_is_one_graph() -> None:
+    """``torch._dynamo.explain``: the model itself compiles to one graph, no break."""
+    explanation = torch._dynamo.explain(ConvNet())(data(0)[0])
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+def test_weighting_adds_no_graph_break_or_recompilation() -> None:
+    """One graph for the model, compiled once, over several steps of GB, GB on features, LB.
+
+    ``fullgraph=True`` turns any graph break into an error; the counting backend
+    sees every graph dynamo hands over, so a recompilation (for another strategy,
+    step or model instance) would add one. Dynamo's graph runs eagerly here, so
+    training must equal eager training.
+    """
+    graphs: list[torch.fx.GraphModule] = []
+
+    def counting(gm: torch.fx.GraphModule, example_inputs: list[Tensor]) -> Callable[..., Any]:
+        graphs.append(gm)
+        return gm.forward
+
+    for name in ("gb", "gb-representation", "lb"):
+        result = train(name, whole(counting))
+        assert len(graphs) == 1, f"{name}: {len(graphs)} graphs compiled for the model; expected 1"
+        assert_same_training(result, train(name, None), name)
+    convolutions = [n for n in graphs[0].graph.nodes if "conv" in str(n.target)]
+    assert len(convolutions) == 3, graphs[0].code  # the whole model is in the graph
+
+
+def test_aot_eager_training_matches_eager() -> None:
+    """Compiled forward and backward graphs (AOTAutograd): GB and LB train as in eager mode.
+
+    LB runs first, so the compiled backward is built by a plain ``backward()`` and
+    GB's ``retain_graph=True`` passes must then work with it (see
+    :func:`retain_graph_friendly`). GB with a representation uses :func:`split`.
+    """
+    with retain_graph_friendly():
+        for name in ("lb", "gb"):
+            assert_same_training(train(name, whole("aot_eager")), train(name, None), name)
+        got = train("gb-representation", split("aot_eager"))
+        assert_same_training(got, train("gb-representation", None), "gb-representation")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="GradientBalance treats a representation that no loss reaches as a zero gradient "
+    "(uniform weights) instead of raising; change proposed in the issue 7 report",
+)
+def test_gb_rejects_the_features_returned_next_to_the_outputs_of_a_compiled_model() -> None:
+    """The features returned by a whole-model compiled graph are reached by no loss.
+
+    GB would silently weight every task ``1 - 1/T``; it must raise and say why.
+    """
+    with pytest.raises(ValueError, match="representation"):
+        train("gb-representation", whole("aot_eager"))
+
+
+def _inductor_unavailable() -> str:
+    """Why inductor cannot run here ('' when it may)."""
+    if not any(shutil.which(c) for c in ("cc", "gcc", "g++", "clang", "c++")):
+        return "no C/C++ compiler on PATH: inductor cannot build CPU kernels"
+    return ""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(_inductor_unavailable()), reason=_inductor_unavailable())
+def test_inductor_training_matches_eager() -> None:
+    """An inductor-compiled model trains with GB and LB as in eager mode (compiled once)."""
+    with retain_graph_friendly():
+        for name in ("gb", "lb"):
+            expected = train(name, None)
+            try:
+                got = train(name, whole("inductor"))
+            except Exception as error:
+                if type(error).__name__ in {"BackendCompilerFailed", "InductorError"}:
+                    pytest.skip(f"inductor cannot build the model here: {error!s:.300}")
+                raise
+            assert_same_training(got, expected, name)
