@@ -23,6 +23,14 @@ Directives
     otherwise the directive's content is shown. For images committed by the
     benchmarks or the lead after a long run.
 
+``.. menet-help:: [SUBCOMMAND]``
+    The ``--help`` text of ``python -m menet`` (or a subcommand), generated from
+    the example's argument parser when the docs are built.
+``.. menet-commands::``
+    A block of shell commands; each ``python -m menet ...`` line is parsed with
+    the example's argument parser at build time, so a command with an option
+    that no longer exists fails the build.
+
 Roles
 -----
 ``:test:`tests/path.py::test_name```
@@ -303,6 +311,83 @@ class OptionalFigure(SphinxDirective):
         return list(node.children)
 
 
+def _menet_parser() -> Any:
+    from menet.cli import build_parser
+
+    return build_parser()
+
+
+class MenetHelp(SphinxDirective):
+    """The ``--help`` text of a ``python -m menet`` subcommand, generated at build time."""
+
+    required_arguments = 0
+    optional_arguments = 1
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        import argparse
+        import os
+
+        old = os.environ.get("COLUMNS")
+        os.environ["COLUMNS"] = "90"
+        try:
+            parser = _menet_parser()
+            if self.arguments:
+                subparsers = next(
+                    a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+                )
+                parser = subparsers.choices[self.arguments[0]]
+            text = parser.format_help()
+        finally:
+            if old is None:
+                del os.environ["COLUMNS"]
+            else:
+                os.environ["COLUMNS"] = old
+        block = nodes.literal_block(text, text)
+        block["language"] = "text"
+        return [block]
+
+
+class MenetCommands(SphinxDirective):
+    """Shell commands of the MENET tutorial, checked against the real argument parser.
+
+    Each ``python -m menet ...`` command (``\\`` continues a line) is parsed with
+    :func:`menet.cli.build_parser` at build time: an unknown option, a missing
+    argument or a bad choice is a warning, hence a failed ``-W`` build. Other lines
+    are shown as they are.
+    """
+
+    has_content = True
+
+    def run(self) -> list[nodes.Node]:
+        import contextlib
+        import io
+        import shlex
+
+        text = "\n".join(self.content)
+        parser = _menet_parser()
+        for command in re.sub(r"\\\n\s*", " ", text).split("\n"):
+            code = command.split("#", 1)[0].strip()
+            if not code.startswith("python -m menet"):
+                continue
+            argv = shlex.split(code)[3:]
+            stderr = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+                    parser.parse_args(argv)
+            except SystemExit as exc:
+                if exc.code not in (0, None):
+                    logger.warning(
+                        "menet command does not parse: %r: %s",
+                        code,
+                        stderr.getvalue().strip().splitlines()[-1:],
+                        location=self.get_location(),
+                    )
+        block = nodes.literal_block(text, text)
+        block["language"] = "bash"
+        return [block]
+
+
 class TestRole(SphinxRole):
     """``:test:`tests/x.py::test_y``` -- a checked reference to a test."""
 
@@ -335,5 +420,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("mtlweight-registry", MtlweightRegistry)
     app.add_directive("include-markdown", IncludeMarkdown)
     app.add_directive("optional-figure", OptionalFigure)
+    app.add_directive("menet-help", MenetHelp)
+    app.add_directive("menet-commands", MenetCommands)
     app.add_role("test", TestRole())
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

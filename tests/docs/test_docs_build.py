@@ -229,6 +229,14 @@ def test_a_stale_test_reference_fails_the_build(tmp_path: Path) -> None:
     assert "stale test reference" in stale.log and "nope" in stale.log
 
 
+def test_a_menet_command_that_does_not_parse_fails_the_build(tmp_path: Path) -> None:
+    pytest.importorskip("menet")
+    page = "T\n=\n\n.. menet-commands::\n\n   python -m menet train --synthetic light {}\n"
+    assert _mini_build(tmp_path / "ok", page.format("--steps 5")).returncode == 0
+    bad = _mini_build(tmp_path / "bad", page.format("--no-such-option 5"))
+    assert bad.returncode != 0 and "does not parse" in bad.log, bad.log
+
+
 def test_optional_markdown_falls_back_to_the_directive_content(tmp_path: Path) -> None:
     page = (
         "T\n=\n\n.. include-markdown:: docs/_generated/no-such-file.md\n   :optional:\n\n"
