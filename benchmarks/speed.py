@@ -139,7 +139,7 @@ def mkldnn_enabled(enabled: bool) -> Iterator[None]:
     try:
         yield
     finally:
-        torch.backends.mkldnn.enabled = before  # type: ignore[assignment]
+        torch.backends.mkldnn.enabled = before
 
 
 def forward_fn(model: nn.Module, x: torch.Tensor, *, mkldnn: bool = True) -> Callable[[], None]:
