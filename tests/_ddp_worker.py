@@ -129,12 +129,11 @@ def train(spec: dict[str, Any], rank: int = 0, world: int = 1) -> dict[str, Any]
             return train({**spec, "expect_error": False}, rank, world)
         except Exception as error:
             return {"error": f"{type(error).__name__}: {error}"}
-    torch.manual_seed(0)
     net = Net()
-    weighting = build_weighting(spec, net)
     # Different random streams on different ranks, as in real data-parallel runs:
     # a stochastic strategy must not rely on the ranks drawing the same numbers.
     torch.manual_seed(100 + rank)
+    weighting = build_weighting(spec, net)
     model: nn.Module = net
     weigh: nn.Module = weighting
     if world > 1:

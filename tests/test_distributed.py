@@ -65,10 +65,21 @@ PENDING = {
         "gradients; it equals the combined-batch run once it routes the gradients through "
         "`statistic` (issue 7 report)",
     ),
+    "gradnorm_norms": pytest.mark.xfail(
+        strict=True,
+        reason="GradNorm averages the per-rank gradient norms, not the gradients, so its "
+        "weight update differs from the combined-batch run (issue 7 report)",
+    ),
+    "representation_jacobian": pytest.mark.xfail(
+        strict=True,
+        reason="the Jacobian with respect to a per-sample representation is averaged element by "
+        "element across ranks, mixing different samples; the Gram matrices should be averaged "
+        "instead (issue 7 report)",
+    ),
 }
 """Expected failures of a scenario, by key: each must fail until its change lands."""
 
-AFFECTS = {"gb_norms": {"exact"}}
+AFFECTS = {"gb_norms": {"exact"}, "gradnorm_norms": {"exact"}, "representation_jacobian": {"exact"}}
 """Which kinds of test each pending change affects."""
 
 BASE: list[dict[str, Any]] = [
@@ -106,9 +117,29 @@ BASE: list[dict[str, Any]] = [
 for _spec in BASE:
     _spec["linear"] = True  # fixed, LB and GB: the total is sum_t w_t L_t
 
-EXACT_BY_STRATEGY = {"equal", "dwa", "uncertainty", "imtl_l"}
-"""Other registry names whose DDP run equals the combined-batch run: loss-level
-strategies whose weights depend on the loss values only (which average exactly)."""
+EXACT_BY_STRATEGY = {
+    "equal",
+    "dwa",
+    "gls",
+    "uncertainty",
+    "imtl_l",
+    "pcgrad",
+    "mgda",
+    "mgda_ub",
+    "cagrad",
+    "imtl_g",
+    "nash_mtl",
+    "aligned_mtl",
+    "gradnorm",
+}
+"""Other registry names whose DDP run must equal the combined-batch run: their
+statistics (losses, the Jacobian of the shared parameters) average exactly. RLW is
+not among them: its draws depend on each process's random state."""
+
+SOLVERS = {"cagrad", "nash_mtl"}
+"""Iterative solvers: equal to the combined-batch run up to their tolerance."""
+
+PENDING_BY_STRATEGY = {"gradnorm": ["gradnorm_norms"], "mgda_ub": ["representation_jacobian"]}
 
 LINEAR_BY_STRATEGY = {"equal", "dwa", "rlw"}
 """Other registry names whose total is ``sum_t w_t L_t`` with the reported weights."""
@@ -145,6 +176,7 @@ def _generic_specs(name: str) -> list[dict[str, Any]]:
         if "representation" in str(error):
             spec["representation"] = "inner"
     spec["exact"] = name in EXACT_BY_STRATEGY
+    spec["pending"] = PENDING_BY_STRATEGY.get(name, [])
     spec["linear"] = name in LINEAR_BY_STRATEGY
     if not any(p.requires_grad for p in weighting.parameters()):
         return [spec]
@@ -413,18 +445,19 @@ def test_matches_single_process_on_combined_batch(ddp: Results, scenario: str) -
     records = ddp.get(scenario)
     spec = copy.deepcopy(spec_of(scenario))
     single = worker.train(spec, rank=0, world=1)
+    rtol, atol = (1e-5, 1e-7) if spec["strategy"] in SOLVERS else (1e-9, 1e-12)
     for step in range(STEPS):
         np.testing.assert_allclose(
             records[0]["weights"][step],
             single["weights"][step],
-            rtol=1e-10,
-            atol=1e-12,
+            rtol=rtol,
+            atol=atol,
             err_msg=f"weights at step {step}",
         )
         torch.testing.assert_close(
-            records[0]["grads"][step], single["grads"][step], rtol=1e-9, atol=1e-12
+            records[0]["grads"][step], single["grads"][step], rtol=rtol, atol=atol
         )
-    torch.testing.assert_close(records[0]["final"], single["final"], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(records[0]["final"], single["final"], rtol=rtol, atol=atol)
 
 
 @PENDING["gb_norms"]
