@@ -19,20 +19,21 @@ def nash_weights(
     gram: Array,
     init: Array | None = None,
     *,
-    ridge: float = 1e-8,
-    tol: float = 1e-14,
+    ridge: float = 1e-10,
+    tol: float = 1e-20,
     max_iter: int = 100,
 ) -> Array:
     r"""Solve :math:`G \alpha = 1/\alpha` (elementwise), :math:`\alpha > 0`.
 
     This is the stationarity condition of the strictly convex problem
-    :math:`\min_{\alpha > 0} \tfrac12 \alpha^\top (G + \epsilon I) \alpha - \sum_t \log \alpha_t`,
+    :math:`\min_{\alpha > 0} \tfrac12 \alpha^\top (G + \epsilon D) \alpha - \sum_t \log \alpha_t`,
     solved by Newton's method with a backtracking line search that keeps
-    :math:`\alpha > 0` (quadratic convergence, a few iterations for
-    :math:`T \le 10`). The ridge :math:`\epsilon`, relative to the largest
-    diagonal entry of :math:`G`, makes the problem solvable when the
-    gradients are degenerate (for example opposite), where the exact equation
-    has no solution.
+    :math:`\alpha > 0` (quadratic convergence: a few iterations for
+    :math:`T \le 10`). The ridge :math:`\epsilon D`, with :math:`D` the
+    diagonal of :math:`G`, makes the problem solvable when the gradients are
+    degenerate (for example opposite), where the exact equation has no
+    solution. A task with a zero gradient has none either: it gets
+    :math:`1 / \max_t \sqrt{G_{tt}}` and is left out of the equation.
 
     Examples
     --------
@@ -41,13 +42,17 @@ def nash_weights(
     array([1. , 0.5])
     """
     count = gram.shape[0]
-    scale = float(np.max(np.diag(gram), initial=0.0))
+    diag = np.diag(gram)
+    scale = float(np.max(diag, initial=0.0))
     if not scale > 0.0:
         return np.ones(count)
-    a = gram / scale + ridge * np.eye(count)
+    result = np.full(count, 1.0 / math.sqrt(scale))
+    live = np.flatnonzero(diag > 1e-24 * scale)
+    g = gram[np.ix_(live, live)] / scale
+    a = g + ridge * np.diag(np.diag(g))
     alpha = 1.0 / np.sqrt(np.diag(a))
     if init is not None and init.shape == (count,) and np.all(np.isfinite(init) & (init > 0)):
-        alpha = init * math.sqrt(scale)
+        alpha = init[live] * math.sqrt(scale)
 
     def objective(x: Array) -> float:
         return float(0.5 * x @ a @ x - np.sum(np.log(x)))
@@ -57,11 +62,11 @@ def nash_weights(
         grad = a @ alpha - 1.0 / alpha
         step = np.linalg.solve(a + np.diag(1.0 / alpha**2), grad)
         decrement = float(grad @ step)
-        if decrement / 2 <= tol:
+        if not decrement / 2 > tol:
             break
-        t = 1.0
-        while np.any(alpha - t * step <= 0.0):
-            t *= 0.5
+        # at most 99% of the way to the boundary alpha = 0, then Armijo backtracking
+        ratios = np.where(step > 0, alpha / np.where(step > 0, step, 1.0), np.inf)
+        t = min(1.0, 0.99 * float(ratios.min()))
         while t > 1e-12:
             candidate = alpha - t * step
             new_value = objective(candidate)
@@ -71,7 +76,7 @@ def nash_weights(
         else:
             break
         alpha, value = candidate, new_value
-    result: Array = alpha / math.sqrt(scale)
+    result[live] = alpha / math.sqrt(scale)
     return result
 
 
