@@ -153,11 +153,17 @@ def forward_fn(model: nn.Module, x: torch.Tensor, *, mkldnn: bool = True) -> Cal
 
 
 def peak_fns(quick: bool) -> dict[str, tuple[Callable[[], None], int]]:
-    """The two peak probes: a large matmul and a large 64->64 3x3 convolution."""
+    """The peak probes: a large matmul and a large 64->64 3x3 convolution in both layouts.
+
+    The convolution peak of the machine is the faster of the two layouts
+    (``conv3x3`` = contiguous NCHW, ``conv3x3_cl`` = channels-last).
+    """
     n = 256 if quick else 2048
     a, b = torch.rand(n, n), torch.rand(n, n)
     conv_x = torch.rand(1, 64, *((32, 32) if quick else (256, 256)))
     conv_w = torch.rand(64, 64, 3, 3)
+    conv_x_cl = conv_x.contiguous(memory_format=torch.channels_last)
+    conv_w_cl = conv_w.contiguous(memory_format=torch.channels_last)
 
     def matmul() -> None:
         with torch.inference_mode():
@@ -167,7 +173,13 @@ def peak_fns(quick: bool) -> dict[str, tuple[Callable[[], None], int]]:
         with torch.inference_mode():
             F.conv2d(conv_x, conv_w, padding=1)
 
-    return {"peak:matmul": (matmul, count_flops(matmul)), "peak:conv3x3": (conv, count_flops(conv))}
+    def conv_cl() -> None:
+        with torch.inference_mode():
+            F.conv2d(conv_x_cl, conv_w_cl, padding=1)
+
+    return {"peak:matmul": (matmul, count_flops(matmul)),
+            "peak:conv3x3": (conv, count_flops(conv)),
+            "peak:conv3x3_cl": (conv_cl, count_flops(conv_cl))}
 
 
 def build(name: str, seed: int = 0) -> MENET:
@@ -214,6 +226,7 @@ def _derive(times: dict[str, dict[str, float]], flops: dict[str, int],
             meta: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     peaks = {k.split(":")[1]: flops[k] / times[k]["median_s"] / 1e9
              for k in times if k.startswith("peak:")}
+    peaks["conv"] = max(peaks["conv3x3"], peaks["conv3x3_cl"])
     out: dict[str, dict[str, Any]] = {}
     for key, t in times.items():
         gflops = flops[key] / t["median_s"] / 1e9
@@ -317,6 +330,7 @@ def render(payload: dict[str, Any]) -> str:
     res, mach, cfg = payload["grid"], payload["machine"], payload["config"]
     mm = res["peak:matmul"]["gflops_per_s"]
     cv = res["peak:conv3x3"]["gflops_per_s"]
+    cv_cl = res["peak:conv3x3_cl"]["gflops_per_s"]
     lines = [
         "## Inference speed (MENET, CPU)",
         "",
@@ -328,7 +342,9 @@ def render(payload: dict[str, Any]) -> str:
         "measured in the same run are more reliable.",
         "",
         f"Peaks measured in the same run: matmul {cfg['matmul_n']}³ **{mm:.1f} GFLOP/s**; "
-        f"3x3 convolution 64->64 on {cfg['conv_map']} **{cv:.1f} GFLOP/s**.",
+        f"3x3 convolution 64->64 on {cfg['conv_map']}: {cv:.1f} GFLOP/s (NCHW), "
+        f"{cv_cl:.1f} GFLOP/s (channels-last); the convolution peak is the faster, "
+        f"**{max(cv, cv_cl):.1f} GFLOP/s**.",
         "",
     ]
     rows = []
@@ -338,7 +354,7 @@ def render(payload: dict[str, Any]) -> str:
         rows.append([r["model"], r["size"], str(r["batch"]), f"{r['median_s'] * 1e3:.0f}",
                      f"{r['images_per_s']:.2f}", f"{r['gflop_per_image']:.2f}",
                      f"{r['gflops_per_s']:.1f}", _pct(r["fraction_of_matmul"]),
-                     _pct(r["fraction_of_conv3x3"])])
+                     _pct(r["fraction_of_conv"])])
     lines.append(markdown_table(["model", "size", "batch", "ms / batch", "images/s",
                                  "GFLOP / image", "GFLOP/s", "of matmul peak",
                                  "of conv peak"], rows))
@@ -355,7 +371,7 @@ def render(payload: dict[str, Any]) -> str:
             base = s[f"baseline b{r['batch']}"]["median_s"]
             srows.append([r["variant"], str(r["batch"]), f"{r['median_s'] * 1e3:.0f}",
                           f"{base / r['median_s']:.2f}x", f"{r['gflops_per_s']:.1f}",
-                          _pct(r["fraction_of_conv3x3"])])
+                          _pct(r["fraction_of_conv"])])
         lines += ["", f"### Optimisations ({MAIN}, {cfg['big']}, same run)", "",
                   markdown_table(["variant", "batch", "ms / batch", "speed-up",
                                   "GFLOP/s", "of conv peak"], srows)]
@@ -412,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     for batch in args.batches:
         key = f"{MAIN} {big} b{batch}"
         if key in res:
-            frac = res[key]["fraction_of_conv3x3"]
+            frac = res[key]["fraction_of_conv"]
             verdicts[str(batch)] = {"fraction": frac, "status": "met" if frac >= TARGET
                                     else "MISSED"}
     payload["target"] = {"fraction_of_conv_peak": TARGET, "size": big, "model": MAIN,

@@ -117,7 +117,7 @@ def test_speed_quick_writes_json(tmp_path: Path) -> None:
     assert data["benchmark"] == "speed"
     assert MACHINE_KEYS <= set(data["machine"])
     grid = data["grid"]
-    assert {"peak:matmul", "peak:conv3x3"} <= set(grid)
+    assert {"peak:matmul", "peak:conv3x3", "peak:conv3x3_cl"} <= set(grid)
     models = [r for r in grid.values() if r["kind"] == "model"]
     assert len(models) == 2 * 2 * 2  # two models, two sizes, two batches
     for r in models:
