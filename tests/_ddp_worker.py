@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def build_weighting(spec: dict[str, Any], net: Net) -> mw.Weighting:
     return mw.get(spec["strategy"], **options)
 
 
-def flat(tensors: list[Tensor]) -> Tensor:
+def flat(tensors: Sequence[Tensor]) -> Tensor:
     """The tensors flattened and concatenated, detached, in float64."""
     return torch.cat([t.detach().reshape(-1).double() for t in tensors])
 
@@ -153,9 +154,9 @@ def train(spec: dict[str, Any], rank: int = 0, world: int = 1) -> dict[str, Any]
             micro = [(x[:MICRO], y[:MICRO]), (x[MICRO:], y[MICRO:])]
         step_weights = []
         for i, (xb, yb) in enumerate(micro):
-            last = i == len(micro) - 1
-            ddp = isinstance(model, DistributedDataParallel)
-            with contextlib.nullcontext() if last or not ddp else model.no_sync():
+            accumulating = i < len(micro) - 1 and isinstance(model, DistributedDataParallel)
+            context = model.no_sync() if accumulating else contextlib.nullcontext()  # type: ignore[operator]
+            with context:
                 features, outputs = model(xb)
                 losses = {n: v / len(micro) for n, v in task_losses(outputs, yb).items()}
                 representation = {"output": features, "inner": net.features}.get(

@@ -133,9 +133,7 @@ def assert_same_training(got: dict[str, Any], expected: dict[str, Any], name: st
         got["weights"], expected["weights"], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}"
     )
     for i, (a, b) in enumerate(zip(got["params"], expected["params"], strict=True)):
-        torch.testing.assert_close(
-            a, b, rtol=1e-4, atol=1e-5, msg=lambda m, i=i: f"{name}, parameter {i}: {m}"
-        )
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"{name}, parameter {i}")
 
 
 @contextlib.contextmanager
