@@ -214,6 +214,26 @@ def verdicts(table: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def below_input(table: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Lines naming the rows whose mean output PSNR is below the rainy input's."""
+    lines = []
+    for dataset, rows in table.items():
+        for protocol in PROTOCOLS:
+            worse = [f"{key} ({cell[f'{protocol}_output_psnr']['mean']:.2f} dB)"
+                     for key, cell in rows.items()
+                     if cell[f"{protocol}_output_psnr"]["mean"]
+                     < cell[f"{protocol}_input_psnr"]["mean"]]
+            if worse:
+                first = next(iter(rows.values()))
+                lines.append(
+                    f"- {dataset}, {protocol} protocol: below the rainy input "
+                    f"({first[f'{protocol}_input_psnr']['mean']:.2f} dB) after this budget: "
+                    + ", ".join(worse) + ". These networks have not yet learnt to improve "
+                    "on their input; differences between them say little about the paper's "
+                    "claims.")
+    return lines
+
+
 def render_markdown(payload: dict[str, Any]) -> str:
     """The Markdown report: Table I layout, ours next to the paper's, per protocol."""
     table = payload["table"]
@@ -275,6 +295,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
         out += ["", f"### {title}", "", markdown_table(header, rows)]
     out += ["", "### Against the paper's claims (PSNR differences, ± two standard errors)", ""]
     out += verdicts(table) or ["- (not enough rows to compare)"]
+    out += below_input(table)
     out += ["", "Rows 1-2 have no channel attention and rows 3-4 have it, as in the paper's "
             "Table I, so rows 3-4 against row 1 measure losses, weighting and attention "
             "together. With two seeds the spread is a rough estimate."]
@@ -302,11 +323,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="reuse runs of the same budget found in the JSON at --out")
     parser.add_argument("--quick", action="store_true",
                         help="2 steps, batch 2, 32 px crops, 32 px evaluation crops, one seed")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite the Markdown from the JSON at --out")
     parser.add_argument("--crop", type=int, default=224, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None, help="JSON path")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="Markdown path (default: next to the JSON)")
     args = parser.parse_args(argv)
+    if args.render:
+        json_path = args.out or RESULTS / "quality.json"
+        payload = json.loads(json_path.read_text(encoding="utf-8"))
+        md_path = args.markdown or json_path.with_suffix(".md")
+        md_path.write_text(render_markdown(payload), encoding="utf-8")
+        if md_path.resolve() == (RESULTS / "quality.md").resolve():
+            write_docs_results()
+        print(f"wrote {md_path}")
+        return 0
 
     data_root = args.data or default_data_root()
     split_path = data_root / "rain100-split.json"
@@ -377,7 +409,7 @@ def _write(json_path: Path, md_path: Path, runs: list[dict[str, Any]], args: arg
     payload: dict[str, Any] = {"config": config, "total_seconds": seconds,
                                "table": aggregate(runs), "paper": paper, "runs": runs}
     write_json("quality", payload, json_path)
-    payload["machine"] = machine()
+    payload["machine"] = json.loads(json_path.read_text(encoding="utf-8"))["machine"]
     md = render_markdown(payload)
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(md, encoding="utf-8")

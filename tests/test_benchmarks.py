@@ -164,6 +164,9 @@ def test_quality_quick_on_tiny_data(tmp_path: Path) -> None:
             assert 0 < run["scores"][protocol]["output_psnr"] < 100
     md = out.with_suffix(".md").read_text()
     assert "Paper protocol" in md and "Standard protocol" in md and "33.55" in md
+    out.with_suffix(".md").unlink()
+    assert quality.main(["--render", "--out", str(out)]) == 0  # Markdown again from the JSON
+    assert out.with_suffix(".md").read_text() == md
 
 
 def test_quality_skips_without_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -192,3 +195,10 @@ def test_quality_aggregate_and_verdicts() -> None:
     assert "agrees" in lines["- Rain100L, gb_ca vs lp "]
     assert "CONTRADICTS" in lines["- Rain100L, lb_ca vs lp "]
     assert "within seed noise" in lines["- Rain100L, lp_le_fixed vs lp "]
+
+
+def test_quality_names_rows_below_the_input() -> None:
+    table = quality.aggregate([_run("lp", 0, 19.0), _run("gb_ca", 0, 21.0)])  # input: 20 dB
+    lines = quality.below_input(table)
+    assert len(lines) == 2  # both protocols
+    assert all("lp (19.00 dB)" in line and "gb_ca" not in line for line in lines)
