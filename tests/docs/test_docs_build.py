@@ -47,12 +47,16 @@ class Build:
 
 def _sphinx(builder: str, out: Path) -> Build:
     target = out / builder
+    # The HTML build reads the pages in parallel (both of CI's cores); the doctest
+    # builder runs serially and reuses the doctrees read by the HTML build.
+    jobs = ["-j", "auto"] if builder == "html" else []
     cmd = [
         sys.executable,
         "-m",
         "sphinx",
         "-W",
         "--keep-going",
+        *jobs,
         "-b",
         builder,
         "-d",
