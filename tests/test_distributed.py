@@ -23,6 +23,7 @@ and the processes are killed after :data:`TIMEOUT` seconds.
 from __future__ import annotations
 
 import copy
+import importlib
 import inspect
 import json
 import os
@@ -43,6 +44,11 @@ from hypothesis import strategies as st
 
 import mtlweight as mw
 import mtlweight.distributed as mwd
+
+try:
+    fcntl: Any = importlib.import_module("fcntl")
+except ImportError:  # Windows: each xdist worker runs the scenarios itself
+    fcntl = None
 
 pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -330,9 +336,22 @@ LIMITS: list[dict[str, Any]] = [
 
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory: pytest.TempPathFactory) -> Results:
-    """All scenarios, run once for the whole module."""
+    """All scenarios, run once for the whole module (once for all pytest-xdist workers)."""
     specs = [*RUNNABLE, *LIMITS, {"id": "helpers", "helpers": True}]
-    return run_all(specs, tmp_path_factory.mktemp("ddp"))
+    if "PYTEST_XDIST_WORKER" not in os.environ or fcntl is None:
+        return run_all(specs, tmp_path_factory.mktemp("ddp"))
+    # Under xdist the workers share one run: the first to take the lock runs it,
+    # the others load its results.
+    root = tmp_path_factory.getbasetemp().parent / "mtlweight-ddp"
+    root.mkdir(exist_ok=True)
+    with (root / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cache = root / "results.pt"
+        if cache.exists():
+            return Results(**torch.load(cache, weights_only=True))
+        results = run_all(specs, root)
+        torch.save({"records": results.records, "failures": results.failures}, cache)
+        return results
 
 
 def spec_of(scenario: str) -> dict[str, Any]:
