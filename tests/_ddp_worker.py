@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from datetime import timedelta
@@ -212,6 +213,8 @@ def main(argv: list[str]) -> int:
     try:
         for spec in specs:
             try:
+                if spec.get("sleep"):  # a stand-in for a hang, for the launcher's own test
+                    time.sleep(float(spec["sleep"]))
                 record = helpers(rank, world) if spec.get("helpers") else train(spec, rank, world)
             except BaseException:
                 (out / f"{spec['id']}.rank{rank}.err").write_text(traceback.format_exc())

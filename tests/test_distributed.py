@@ -333,11 +333,14 @@ LIMITS: list[dict[str, Any]] = [
 ]
 """Known hazards of DDP with gradient-probing strategies (see the tests at the end)."""
 
+BROKEN = {"id": "broken", "strategy": "no-such-strategy", "steps": 1}
+"""A scenario that fails on every rank, last in the run: its failure must be reported."""
+
 
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory: pytest.TempPathFactory) -> Results:
     """All scenarios, run once for the whole module (once for all pytest-xdist workers)."""
-    specs = [*RUNNABLE, *LIMITS, {"id": "helpers", "helpers": True}]
+    specs = [*RUNNABLE, *LIMITS, {"id": "helpers", "helpers": True}, BROKEN]
     if "PYTEST_XDIST_WORKER" not in os.environ or fcntl is None:
         return run_all(specs, tmp_path_factory.mktemp("ddp"))
     # Under xdist the workers share one run: the first to take the lock runs it,
@@ -546,6 +549,19 @@ def test_gb_rejects_a_representation_no_loss_reaches(ddp: Results) -> None:
     records = ddp.get("limit-gb-representation-ddp-copy")
     for record in records:
         assert "representation" in record.get("error", ""), record.get("weights")
+
+
+def test_a_failing_scenario_is_reported_with_its_error(ddp: Results) -> None:
+    """The launcher reports a scenario's traceback (and keeps every other scenario's records)."""
+    assert "unknown weighting 'no-such-strategy'" in ddp.failures["broken"]
+    assert set(ddp.records) == {s["id"] for s in [*RUNNABLE, *LIMITS]} | {"helpers"}
+
+
+def test_a_hanging_run_is_killed(tmp_path: Path) -> None:
+    """A run that does not finish within its time is killed and reported as timed out."""
+    timed_out, _ = _launch([{"id": "hang", "sleep": 600}], tmp_path, timeout=3.0)
+    assert timed_out
+    assert not list(tmp_path.glob("hang.rank*.pt"))
 
 
 # ---------------------------------------------------- without a process group
