@@ -414,7 +414,51 @@ class TestRole(SphinxRole):
         return [nodes.literal(target, target, classes=["test-ref"])], []
 
 
+_NUMPY_SECTION = re.compile(
+    r"^(Parameters|Other Parameters|Returns|Yields|Receives|Raises|Warns|Attributes|Methods|"
+    r"See Also|Notes|References|Examples)\s*$"
+)
+
+
+def notes_before_sections(
+    app: Sphinx, what: str, name: str, obj: object, options: object, lines: list[str]
+) -> None:
+    """Move ``.. note::`` blocks that follow a numpy-style section to before the first one.
+
+    In a numpy docstring, napoleon reads everything after a ``Raises`` header at the
+    header's indentation as more exception names, so a ``.. note::`` placed after
+    ``Raises`` would render as an exception called ".. note::". Runs before napoleon
+    (priority 400); the docstrings keep their order in the source.
+    """
+    first = next(
+        (
+            i
+            for i in range(len(lines) - 1)
+            if _NUMPY_SECTION.match(lines[i]) and set(lines[i + 1].strip()) == {"-"}
+        ),
+        None,
+    )
+    if first is None:
+        return
+    moved: list[str] = []
+    i = first
+    while i < len(lines):
+        if lines[i].startswith(".. note::"):
+            j = i + 1
+            while j < len(lines) and (not lines[j].strip() or lines[j].startswith(" ")):
+                j += 1
+            block = lines[i:j]
+            del lines[i:j]
+            while block and not block[-1].strip():
+                block.pop()
+            moved += [*block, ""]
+        else:
+            i += 1
+    lines[first:first] = moved
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
+    app.connect("autodoc-process-docstring", notes_before_sections, priority=400)
     app.add_directive("mtlweight-api", MtlweightApi)
     app.add_directive("mtlweight-module", MtlweightModule)
     app.add_directive("mtlweight-registry", MtlweightRegistry)
@@ -423,4 +467,11 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("menet-help", MenetHelp)
     app.add_directive("menet-commands", MenetCommands)
     app.add_role("test", TestRole())
-    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
+    # env_version: bump when a change here alters how pages are read, so that
+    # cached doctrees are re-read.
+    return {
+        "version": "1",
+        "env_version": 2,
+        "parallel_read_safe": True,
+        "parallel_write_safe": True,
+    }

@@ -34,6 +34,7 @@ DOCS = ROOT / "docs"
 sys.path.insert(0, str(DOCS / "_ext"))
 
 from md2rst import md_to_rst  # noqa: E402
+from mtlweight_docs import notes_before_sections  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -106,6 +107,42 @@ def test_html_builds_with_warnings_as_errors(builds: dict[str, Build]) -> None:
         "api/mtlweight.distributed",
     ):
         assert (html.out / f"{page}.html").is_file(), f"page {page} was not built"
+
+
+def test_docstring_notes_render_as_notes(builds: dict[str, Build]) -> None:
+    # A `.. note::` after a numpy "Raises" section must not become an exception name.
+    assert builds["html"].returncode == 0
+    for page in (builds["html"].out / "api").glob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        assert ".. note::" not in text, f"{page.name}: a docstring note rendered as text"
+    assert 'class="admonition note"' in (builds["html"].out / "api" / "mtlweight.html").read_text(
+        encoding="utf-8"
+    )
+
+
+def test_notes_before_sections_moves_only_notes_after_a_section() -> None:
+    lines = [
+        "Summary.",
+        "",
+        "Raises",
+        "------",
+        "ValueError",
+        "    If bad.",
+        "",
+        ".. note::",
+        "    Departs from the paper.",
+        "",
+        "Examples",
+        "--------",
+        ">>> 1",
+    ]
+    notes_before_sections(None, "class", "x", None, None, lines)  # type: ignore[arg-type]
+    assert lines[:6] == ["Summary.", "", ".. note::", "    Departs from the paper.", "", "Raises"]
+    assert lines.count(".. note::") == 1 and lines[-3:] == ["Examples", "--------", ">>> 1"]
+    untouched = ["Summary.", "", ".. note::", "    Before any section.", "", "Examples", "---"]
+    copy = list(untouched)
+    notes_before_sections(None, "class", "x", None, None, copy)  # type: ignore[arg-type]
+    assert copy == untouched
 
 
 def test_figures_are_drawn_at_build_time(builds: dict[str, Build]) -> None:
