@@ -458,6 +458,7 @@ def notes_before_sections(
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
+    app.setup_extension("sphinx.ext.autodoc")
     app.connect("autodoc-process-docstring", notes_before_sections, priority=400)
     app.add_directive("mtlweight-api", MtlweightApi)
     app.add_directive("mtlweight-module", MtlweightModule)
