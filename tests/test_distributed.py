@@ -147,8 +147,23 @@ SOLVERS = {"cagrad", "nash_mtl"}
 
 PENDING_BY_STRATEGY = {"gradnorm": ["gradnorm_norms"], "mgda_ub": ["representation_jacobian"]}
 
-LINEAR_BY_STRATEGY = {"equal", "dwa", "rlw"}
-"""Other registry names whose total is ``sum_t w_t L_t`` with the reported weights."""
+LINEAR_BY_STRATEGY = {
+    "equal",
+    "dwa",
+    "rlw",
+    "gls",
+    "uncertainty",
+    "imtl_l",
+    "gradnorm",
+    "mgda",
+    "mgda_ub",
+    "cagrad",
+    "imtl_g",
+    "nash_mtl",
+    "aligned_mtl",
+}
+"""Other registry names whose model gradient is ``sum_t w_t grad L_t`` with the reported
+weights (PCGrad is not: its projected gradients are no such combination)."""
 
 
 def _generic_specs(name: str) -> list[dict[str, Any]]:
