@@ -457,9 +457,24 @@ def notes_before_sections(
     lines[first:first] = moved
 
 
+def public_bases(app: Sphinx, name: str, obj: object, options: object, bases: list[Any]) -> None:
+    """Show the first public ancestor instead of a private base class (``_LearnedScale``)."""
+    for i, base in enumerate(bases):
+        if isinstance(base, type) and base.__name__.startswith("_"):
+            public = next((b for b in base.__mro__ if not b.__name__.startswith("_")), object)
+            bases[i] = public
+    # The same class may now be listed twice.
+    seen: list[Any] = []
+    for base in bases:
+        if base not in seen:
+            seen.append(base)
+    bases[:] = seen
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.setup_extension("sphinx.ext.autodoc")
     app.connect("autodoc-process-docstring", notes_before_sections, priority=400)
+    app.connect("autodoc-process-bases", public_bases)
     app.add_directive("mtlweight-api", MtlweightApi)
     app.add_directive("mtlweight-module", MtlweightModule)
     app.add_directive("mtlweight-registry", MtlweightRegistry)
@@ -472,7 +487,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     # cached doctrees are re-read.
     return {
         "version": "1",
-        "env_version": 2,
+        "env_version": 3,
         "parallel_read_safe": True,
         "parallel_write_safe": True,
     }
