@@ -102,7 +102,7 @@ import mtlweight as mw
 plot_include_source = False
 plot_html_show_source_link = False
 plot_html_show_formats = False
-plot_formats = [("png", 110)]
+plot_formats = [("png", 100)]
 plot_rcparams = {"figure.autolayout": True, "font.size": 9}
 plot_apply_rcparams = True
 plot_working_directory = str(ROOT)
