@@ -33,7 +33,9 @@ def imtl_g_weights(gram: Array) -> Array:
     if live.size == 0:
         return np.full(count, 1.0 / count)
     g = gram[np.ix_(live, live)]
-    projections = g / norms[live][None, :]  # [r, s] = g_r . u_s
+    # [r, s] = g_r . u_s, divided by the largest norm so that every row of the
+    # system is of order 1 (least squares truncates relative to the largest)
+    projections = g / norms[live][None, :] / norms[live].max()
     system = np.ones((live.size, live.size))
     system[1:] = (projections[:, :1] - projections[:, 1:]).T
     rhs = np.zeros(live.size)
