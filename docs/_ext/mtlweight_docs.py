@@ -18,10 +18,10 @@ Directives
     ``:optional:``, a missing file shows the directive's content instead.
     With ``:sections:``, ``##`` headings become sections (``#`` is skipped: the
     page has its own title); otherwise every heading is a rubric.
-``.. optional-figure:: PATH``
-    A figure (path relative to ``docs/``) that is shown if the file exists;
-    otherwise the directive's content is shown. For images committed by the
-    benchmarks or the lead after a long run.
+``.. optional-figure:: PATH [PATH ...]``
+    A figure (path relative to ``docs/``) that is shown if the file exists (the
+    first of several that exists); otherwise the directive's content is shown.
+    For images committed after a long run (the MENET example's plots).
 
 ``.. menet-help:: [SUBCOMMAND]``
     The ``--help`` text of ``python -m menet`` (or a subcommand), generated from
@@ -280,10 +280,13 @@ class IncludeMarkdown(SphinxDirective):
 
 
 class OptionalFigure(SphinxDirective):
-    """A figure shown only if its file exists (path relative to ``docs/``)."""
+    """A figure shown only if its file exists (paths relative to ``docs/``).
+
+    With several paths, the first that exists is shown.
+    """
 
     required_arguments = 1
-    final_argument_whitespace = False
+    optional_arguments = 4
     has_content = True
     option_spec: ClassVar[dict[str, Any]] = {
         "caption": directives.unchanged,
@@ -292,10 +295,10 @@ class OptionalFigure(SphinxDirective):
     }
 
     def run(self) -> list[nodes.Node]:
-        rel = self.arguments[0]
-        path = DOCS / rel
-        self.env.note_dependency(str(path))
-        if path.is_file():
+        for rel in self.arguments:
+            self.env.note_dependency(str(DOCS / rel))
+        rel = next((r for r in self.arguments if (DOCS / r).is_file()), None)
+        if rel is not None:
             lines = [f".. figure:: /{rel}"]
             if "width" in self.options:
                 lines.append(f"   :width: {self.options['width']}")
@@ -303,7 +306,7 @@ class OptionalFigure(SphinxDirective):
             lines.append("")
             if "caption" in self.options:
                 lines.append(f"   {self.options['caption']}")
-            source = StringList(lines, source=str(path))
+            source = StringList(lines, source=str(DOCS / rel))
         else:
             source = self.content
         node = nodes.container()
