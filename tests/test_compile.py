@@ -154,7 +154,7 @@ def retain_graph_friendly() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _fresh_dynamo() -> Iterator[None]:
     """Skip where torch.compile is unsupported; start and end with empty compile caches."""
-    if not torch._dynamo.is_dynamo_supported():
+    if not torch._dynamo.eval_frame.is_dynamo_supported():
         pytest.skip(f"torch.compile is not supported here (Python {sys.version.split()[0]})")
     torch._dynamo.reset()
     yield
