@@ -61,6 +61,22 @@ DOCS = Path(__file__).resolve().parents[1]
 ROOT = DOCS.parent
 
 
+def _bases_first(names: list[str]) -> list[str]:
+    """Alphabetical, but a class from which most others of ``names`` derive comes first."""
+    import mtlweight
+
+    objs = {n: getattr(mtlweight, n) for n in names}
+
+    def descendants(name: str) -> int:
+        cls = objs[name]
+        if not inspect.isclass(cls):
+            return 0
+        others = [o for o in objs.values() if inspect.isclass(o) and o is not cls]
+        return sum(issubclass(o, cls) for o in others)
+
+    return sorted(names, key=lambda n: (descendants(n) < max(2, len(names) // 2), n.lower()))
+
+
 def api_groups() -> list[tuple[str, str, list[str]]]:
     """(title, introduction, names) for each group of ``mtlweight.__all__``, in page order."""
     import mtlweight
@@ -83,13 +99,13 @@ def api_groups() -> list[tuple[str, str, list[str]]]:
             "Loss-level strategies",
             "Weights computed from the loss values (and their history) only: no extra "
             "backward pass.",
-            list(_loss_methods.__all__),
+            _bases_first(list(_loss_methods.__all__)),
         ),
         (
             "Gradient-level strategies",
             "Weights or combined gradients computed from per-task gradients with respect to "
             "the shared parameters: one extra backward pass per task.",
-            list(_gradient_methods.__all__),
+            _bases_first(list(_gradient_methods.__all__)),
         ),
         (
             "Selecting a strategy by name",
@@ -116,10 +132,21 @@ def _autodoc_lines(name: str) -> list[str]:
             lines.append("   :members: forward, backward, compute_weights, statistic, weights")
         elif name == "GradientAggregator":
             lines.append("   :members: forward, backward, aggregate")
+        else:
+            lines += _MEMBERS
         return lines
     if callable(obj):
         return [f".. autofunction:: mtlweight.{name}"]
     return [f".. autodata:: mtlweight.{name}", "   :no-value:"]
+
+
+# Public methods and properties a class adds (DWA's ``epoch_end``, GradNorm's
+# ``task_weights``), without the overrides whose documentation is the base class's.
+_MEMBERS = [
+    "   :members:",
+    "   :exclude-members: forward, backward, compute_weights, aggregate, get_extra_state, "
+    "set_extra_state, extra_repr",
+]
 
 
 def _module_lines(modname: str) -> list[str]:
@@ -134,7 +161,7 @@ def _module_lines(modname: str) -> list[str]:
     for name in names:
         obj = getattr(module, name)
         if inspect.isclass(obj):
-            lines += [f".. autoclass:: {modname}.{name}", ""]
+            lines += [f".. autoclass:: {modname}.{name}", *_MEMBERS, ""]
         elif callable(obj):
             lines += [f".. autofunction:: {modname}.{name}", ""]
         else:
