@@ -320,6 +320,15 @@ def test_changelog_converts_to_clean_rest() -> None:
     assert "Unreleased" in rst
 
 
+def test_md2rst_docstring_examples() -> None:
+    import doctest
+
+    import md2rst
+
+    result = doctest.testmod(md2rst)
+    assert result.attempted > 0 and result.failed == 0
+
+
 def test_markdown_tables_become_list_tables() -> None:
     rst = md_to_rst("| method | ms/step |\n| --- | ---: |\n| `gb` | 1.5 |\n| lb_x_ | |\n")
     assert ".. list-table::" in rst and ":header-rows: 1" in rst
