@@ -102,8 +102,8 @@ def _guard(text: str) -> str:
     stripped = text.lstrip()
     if stripped and not stripped[0].isalnum() and not stripped.startswith(("``", "**", "*", "`")):
         return "\\ " + stripped
-    if stripped[:1].isdigit():
-        return "\\ " + stripped
+    if re.match(r"^(\d+|[A-Za-z]|[ivxlcdmIVXLCDM]+)[.)](\s|$)", stripped):
+        return "\\ " + stripped  # would start an enumerated list
     return text
 
 

@@ -375,6 +375,8 @@ _MD_PIECES = st.sampled_from(
         "=",
         "-",
         "0.5",
+        "a. ",
+        "iv) ",
     ]
 )
 
