@@ -31,6 +31,8 @@ import mtlweight.functional as MF
 
 STEPS = 3
 TASKS = ("pixel", "edge", "texture")
+GRADIENT_METHODS = [n for n in ("pcgrad", "mgda") if n in mw.available()]
+"""Gradient-level methods trained through a compiled model too (when registered)."""
 
 
 class ConvNet(nn.Module):
@@ -70,11 +72,12 @@ def task_losses(output: Tensor, target: Tensor) -> dict[str, Tensor]:
 
 
 def make_weighting(name: str, net: ConvNet) -> mw.Weighting:
-    if name == "gb":
-        return mw.GradientBalance(shared=net.head)
+    """``"gb"`` (on the last convolution), ``"gb-representation"``, or a registry name."""
     if name == "gb-representation":
         return mw.GradientBalance()
-    return mw.LossBalance()
+    if name == "lb":
+        return mw.LossBalance()
+    return mw.get(name, shared=net.head)  # gb and the gradient-level methods
 
 
 Compiler = Callable[[ConvNet], Callable[..., Any]]
@@ -152,6 +155,16 @@ def retain_graph_friendly() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: tiny tensors gain nothing from more, and on a loaded
+    machine OpenMP threads waiting for each other make every operation slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
 def _fresh_dynamo() -> Iterator[None]:
     """Skip where torch.compile is unsupported; start and end with empty compile caches."""
     if not torch._dynamo.eval_frame.is_dynamo_supported():
@@ -196,9 +209,10 @@ def test_aot_eager_training_matches_eager() -> None:
     LB runs first, so the compiled backward is built by a plain ``backward()`` and
     GB's ``retain_graph=True`` passes must then work with it (see
     :func:`retain_graph_friendly`). GB with a representation uses :func:`split`.
+    The gradient-level methods that are registered take the same path as GB.
     """
     with retain_graph_friendly():
-        for name in ("lb", "gb"):
+        for name in ("lb", "gb", *GRADIENT_METHODS):
             assert_same_training(train(name, whole("aot_eager")), train(name, None), name)
         got = train("gb-representation", split("aot_eager"))
         assert_same_training(got, train("gb-representation", None), "gb-representation")

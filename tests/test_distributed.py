@@ -31,6 +31,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -350,6 +351,16 @@ LIMITS: list[dict[str, Any]] = [
 
 BROKEN = {"id": "broken", "strategy": "no-such-strategy", "steps": 1}
 """A scenario that fails on every rank, last in the run: its failure must be reported."""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: tiny tensors gain nothing from more, and on a loaded
+    machine OpenMP threads waiting for each other make every operation slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
