@@ -91,6 +91,7 @@ def test_html_builds_with_warnings_as_errors(builds: dict[str, Build]) -> None:
         "user_guide/strategies",
         "user_guide/shared",
         "user_guide/mixed_precision",
+        "user_guide/compile",
         "user_guide/logging",
         "user_guide/checkpoints",
         "user_guide/distributed",
