@@ -11,6 +11,11 @@ before ``total.backward()``. The checks:
   needed) training gives the same weights and parameters as eager training;
 * with ``inductor`` the same, when a C++ compiler is present and inductor builds;
   skipped otherwise, with the reason.
+
+Two things a user of GB (or of a gradient-level method) with torch.compile must know,
+both shown here: turn off AOTAutograd's donated buffers (:func:`retain_graph_friendly`),
+and take a ``representation`` from a graph boundary (:func:`split`), not from the
+outputs of one whole-model graph, which no loss reaches.
 """
 
 from __future__ import annotations
