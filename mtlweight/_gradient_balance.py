@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from torch import Tensor, nn
 
 from mtlweight._base import Weighting, balance
 from mtlweight._validation import check_finite
-from mtlweight.autograd import as_inputs, grad_norms
+from mtlweight.autograd import as_inputs, grad_norms, task_gradients
+from mtlweight.distributed import is_distributed
 
 __all__ = ["GradientBalance"]
 
@@ -36,6 +38,11 @@ class GradientBalance(Weighting):
     loss does not reach :math:`\theta` has :math:`g_t = 0` (weight 1 unless all
     are zero); if all norms are zero the weights are all :math:`1 - 1/T`.
 
+    Under :mod:`torch.distributed` every rank gets the same weights: with
+    shared parameters the per-task gradients are averaged across processes
+    before the norms are taken (the norms one process would compute on the
+    combined batch); with a representation the squared norms are averaged.
+
     The norms come from :func:`mtlweight.autograd.grad_norms`: ``T`` backward
     passes that stop at :math:`\theta`, write no ``.grad`` and keep the graph
     for ``total.backward()``. Their cost depends on how deep :math:`\theta`
@@ -54,7 +61,8 @@ class GradientBalance(Weighting):
     Raises
     ------
     ValueError
-        With fewer than two tasks, or neither ``shared`` nor ``representation``.
+        With fewer than two tasks, neither ``shared`` nor ``representation``, or
+        a representation that no loss depends on.
     FloatingPointError
         If a loss or a gradient norm is NaN or infinite (naming the task).
 
@@ -96,14 +104,43 @@ class GradientBalance(Weighting):
         representation: Tensor | None = None,
     ) -> Tensor:
         if representation is not None:
-            inputs: list[Tensor] = as_inputs(representation)
-        elif self._shared is not None:
-            inputs = self._shared
-        else:
+            features = as_inputs(representation)
+            # The representation holds per-sample values, so ranks cannot average
+            # it; squared norms add up over samples, and balance() ignores the
+            # common 1/R, so averaging them is exact for any per-rank batch size.
+            squared = grad_norms(losses, features).to(values).square()
+            norms = self.statistic("grad_norm_squared", squared).sqrt()
+            if not bool(norms.any()):
+                _check_reached(losses, features)
+        elif self._shared is None:
             raise ValueError(
                 "GradientBalance needs the shared parameters (GradientBalance(shared=...)) or a "
                 "shared tensor (weighting(losses, representation=features))"
             )
-        norms = self.statistic("grad_norm", grad_norms(losses, inputs).to(values))
+        elif self.sync and is_distributed():
+            # Average the per-task gradients, not their norms: with mean losses
+            # this is the gradient one process would get on the combined batch.
+            grads = self.statistic("task_gradients", task_gradients(losses, self._shared))
+            del self.statistics["task_gradients"]
+            norms = grads.to(values).norm(dim=1)
+        else:
+            norms = grad_norms(losses, self._shared).to(values)
+        self.statistics["grad_norm"] = norms
         check_finite(names, norms, "gradient norm")
         return balance(norms)
+
+
+def _check_reached(losses: list[Tensor], features: list[Tensor]) -> None:
+    """Raise if no loss depends on the representation (a copy, a detached tensor)."""
+    reaching = [loss for loss in losses if loss.requires_grad]
+    if reaching:
+        total = torch.stack([loss.reshape(()) for loss in reaching]).sum()
+        grads = torch.autograd.grad(total, features, retain_graph=True, allow_unused=True)
+        if any(g is not None for g in grads):
+            return
+    raise ValueError(
+        "GradientBalance: no loss depends on the given representation, so every gradient "
+        "norm would be zero. Pass the tensor the losses are computed from (not a detached "
+        "or copied one: a whole-model torch.compile graph or DDP with "
+        "find_unused_parameters=True return such copies; use shared parameters there)"
+    )

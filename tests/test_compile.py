@@ -223,11 +223,6 @@ def test_aot_eager_training_matches_eager() -> None:
         assert_same_training(got, train("gb-representation", None), "gb-representation")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GradientBalance treats a representation that no loss reaches as a zero gradient "
-    "(uniform weights) instead of raising; change proposed in the issue 7 report",
-)
 def test_gb_rejects_the_features_returned_next_to_the_outputs_of_a_compiled_model() -> None:
     """The features returned by a whole-model compiled graph are reached by no loss.
 

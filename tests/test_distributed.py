@@ -66,12 +66,6 @@ TASKS = worker.TASKS
 
 # ------------------------------------------------------------------ scenarios
 PENDING = {
-    "gb_norms": pytest.mark.xfail(
-        strict=True,
-        reason="GradientBalance averages the per-rank gradient norms, not the per-task "
-        "gradients; it equals the combined-batch run once it routes the gradients through "
-        "`statistic` (issue 7 report)",
-    ),
     "gradnorm_norms": pytest.mark.xfail(
         strict=True,
         reason="GradNorm averages the per-rank gradient norms, not the gradients, so its "
@@ -86,19 +80,18 @@ PENDING = {
 }
 """Expected failures of a scenario, by key: each must fail until its change lands."""
 
-AFFECTS = {"gb_norms": {"exact"}, "gradnorm_norms": {"exact"}, "representation_jacobian": {"exact"}}
+AFFECTS = {"gradnorm_norms": {"exact"}, "representation_jacobian": {"exact"}}
 """Which kinds of test each pending change affects."""
 
 BASE: list[dict[str, Any]] = [
     {"id": "fixed", "strategy": "fixed", "options": {"weights": [1.0, 0.05, 2.0]}, "exact": True},
     {"id": "lb", "strategy": "lb", "exact": True},
-    {"id": "gb", "strategy": "gb", "shared": True, "exact": True, "pending": ["gb_norms"]},
+    {"id": "gb", "strategy": "gb", "shared": True, "exact": True},
     {
         "id": "gb-representation",
         "strategy": "gb",
         "representation": "output",
         "exact": True,
-        "pending": ["gb_norms"],
     },
     {
         "id": "gb-find-unused",
@@ -112,7 +105,6 @@ BASE: list[dict[str, Any]] = [
         "representation": "inner",
         "ddp": {"find_unused_parameters": True},
         "exact": True,
-        "pending": ["gb_norms"],
     },
     {"id": "lb-static-graph", "strategy": "lb", "ddp": {"static_graph": True}, "exact": True},
     {"id": "gb-no-sync-accumulation", "strategy": "gb", "shared": True, "accumulate": True},
@@ -507,7 +499,6 @@ def test_matches_single_process_on_combined_batch(ddp: Results, scenario: str) -
     torch.testing.assert_close(records[0]["final"], single["final"], rtol=rtol, atol=atol)
 
 
-@PENDING["gb_norms"]
 def test_gb_weights_use_the_combined_batch_gradient_norms(ddp: Results) -> None:
     """GB's weights under DDP: the balance of the norms of the rank-averaged task gradients.
 
@@ -559,11 +550,6 @@ def test_static_graph_with_gradient_probing_skips_the_reduction(ddp: Results) ->
         assert not torch.equal(records[0]["grads"][step], records[1]["grads"][step])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GradientBalance treats a representation that no loss reaches as a zero gradient "
-    "(uniform weights) instead of raising; change proposed in the issue 7 report",
-)
 def test_gb_rejects_a_representation_no_loss_reaches(ddp: Results) -> None:
     """The features DDP returns with ``find_unused_parameters=True`` are a copy no loss uses.
 
