@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlweight._validation import Losses, check_finite, check_min_tasks, normalise_losses
-from mtlweight.distributed import all_reduce_mean
+from mtlweight.distributed import all_reduce_mean, is_distributed
 
 __all__ = ["Weighting"]
 
@@ -133,8 +133,24 @@ class Weighting(nn.Module, ABC):
         check_min_tasks(names, self.min_tasks, type(self).__name__, self._why_min_tasks)
         dtype = torch.float64 if any(v.dtype == torch.float64 for v in values) else torch.float32
         detached = torch.stack([v.detach().reshape(()).to(dtype) for v in values])
+        if self.sync and is_distributed():
+            self._check_finite_everywhere(names, detached)
         check_finite(names, detached, "loss")
         return names, values, detached
+
+    def _check_finite_everywhere(self, names: list[str], detached: Tensor) -> None:
+        """Raise on every rank if a loss is not finite on any rank (no rank left hanging).
+
+        A non-finite loss on one process would make it raise while the others
+        wait in the next collective; one small all-reduce of the flags first
+        lets every process raise together.
+        """
+        bad = all_reduce_mean((~torch.isfinite(detached)).to(torch.float32))
+        if bool(bad.any()) and bool(torch.isfinite(detached).all()):
+            task = names[int(bad.nonzero()[0])]
+            raise FloatingPointError(
+                f"loss of task {task!r} is not finite on another process (this one is finite)"
+            )
 
     def task_index(self, names: list[str]) -> list[int] | None:
         """Positions in :attr:`tasks` of this call's ``names``; ``None`` if in the same order.

@@ -118,6 +118,7 @@ def train(spec: dict[str, Any], rank: int = 0, world: int = 1) -> dict[str, Any]
     with ``static_graph=True``): the returned copy is then reached by no loss.
     ``spec["wrap"]`` wraps the weighting itself in DDP too (for a weighting with
     trainable parameters) and calls it instead of ``weighting.backward``.
+    ``spec["nan_rank"]`` makes the second task's loss NaN on that rank only.
     With ``spec["expect_error"]`` an exception is returned as ``{"error": ...}``.
 
     Returns a dict of lists with one entry per step: ``weights`` (one list per
@@ -160,6 +161,8 @@ def train(spec: dict[str, Any], rank: int = 0, world: int = 1) -> dict[str, Any]
             with context:
                 features, outputs = model(xb)
                 losses = {n: v / len(micro) for n, v in task_losses(outputs, yb).items()}
+                if spec.get("nan_rank") == rank:  # a bad batch on one rank only
+                    losses[TASKS[1]] = losses[TASKS[1]] * float("nan")
                 representation = {"output": features, "inner": net.features}.get(
                     spec.get("representation", "")
                 )

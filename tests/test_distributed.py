@@ -338,6 +338,8 @@ LIMITS: list[dict[str, Any]] = [
         "steps": 1,
         "expect_error": True,
     },
+    {"id": "limit-nan-on-one-rank", "strategy": "lb", "nan_rank": 1, "steps": 1,
+     "expect_error": True},
 ]
 """Known hazards of DDP with gradient-probing strategies (see the tests at the end)."""
 
@@ -561,6 +563,22 @@ def test_gb_rejects_a_representation_no_loss_reaches(ddp: Results) -> None:
     records = ddp.get("limit-gb-representation-ddp-copy")
     for record in records:
         assert "representation" in record.get("error", ""), record.get("weights")
+
+
+def test_a_nan_on_one_rank_raises_on_every_rank(ddp: Results) -> None:
+    """A non-finite loss on one process stops every process with a clear error, no hang.
+
+    The finiteness check is collective (one all-reduce of the flags), so the
+    healthy rank raises too instead of waiting in the next collective.
+    """
+    healthy, broken = ddp.get("limit-nan-on-one-rank")
+    task = worker.TASKS[1]
+    assert broken["error"].startswith("FloatingPointError: loss of task"), broken
+    assert repr(task) in broken["error"] and "nan" in broken["error"]
+    assert healthy["error"] == (
+        f"FloatingPointError: loss of task {task!r} is not finite on another process "
+        "(this one is finite)"
+    )
 
 
 def test_a_failing_scenario_is_reported_with_its_error(ddp: Results) -> None:
