@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlweight._validation import Losses, check_finite, check_min_tasks, normalise_losses
+from mtlweight.autograd import as_inputs, grad_norms, task_gradients
 from mtlweight.distributed import all_reduce_mean, is_distributed
 
 __all__ = ["Weighting"]
@@ -203,6 +204,41 @@ class Weighting(nn.Module, ABC):
         self.statistics[name] = value
         return value
 
+
+    def grad_norm_statistic(
+        self,
+        losses: list[Tensor],
+        shared: list[Tensor] | None,
+        representation: Tensor | None = None,
+    ) -> Tensor:
+        """Per-task gradient norms, identical on every rank; kept as ``statistics["grad_norm"]``.
+
+        With a ``representation`` (it wins over ``shared``) the squared norms
+        are averaged across processes: the representation holds per-sample
+        values, squared norms add up over samples, and the common factor
+        ``1/R`` does not change normalised weights. With shared parameters
+        under :mod:`torch.distributed`, the per-task gradients are averaged
+        before the norms are taken: with mean losses, the norms one process
+        would compute on the combined batch. Raises ``ValueError`` if no loss
+        depends on the representation.
+        """
+        if representation is not None:
+            features = as_inputs(representation)
+            squared = grad_norms(losses, features).square()
+            norms = self.statistic("grad_norm_squared", squared).sqrt()
+            if not bool(norms.any()):
+                _check_reached(type(self).__name__, losses, features)
+        elif shared is None:
+            raise ValueError(f"{type(self).__name__} needs shared parameters or a representation")
+        elif self.sync and is_distributed():
+            grads = self.statistic("task_gradients", task_gradients(losses, shared))
+            del self.statistics["task_gradients"]
+            norms = grads.norm(dim=1)
+        else:
+            norms = grad_norms(losses, shared)
+        self.statistics["grad_norm"] = norms
+        return norms
+
     # ------------------------------------------------------------ helpers
     def _check_tasks(self, names: list[str]) -> None:
         if self.tasks is None:
@@ -264,3 +300,19 @@ def balance(values: Tensor) -> Tensor:
     count = values.numel()
     safe = torch.where(total > 0, total, torch.ones_like(total))
     return torch.where(total > 0, 1.0 - values / safe, torch.full_like(values, 1.0 - 1.0 / count))
+
+
+def _check_reached(strategy: str, losses: list[Tensor], features: list[Tensor]) -> None:
+    """Raise if no loss depends on the representation (a copy, a detached tensor)."""
+    reaching = [loss for loss in losses if loss.requires_grad]
+    if reaching:
+        total = torch.stack([loss.reshape(()) for loss in reaching]).sum()
+        grads = torch.autograd.grad(total, features, retain_graph=True, allow_unused=True)
+        if any(g is not None for g in grads):
+            return
+    raise ValueError(
+        f"{strategy}: no loss depends on the given representation, so every gradient "
+        "norm would be zero. Pass the tensor the losses are computed from (not a detached "
+        "or copied one: a whole-model torch.compile graph or DDP with "
+        "find_unused_parameters=True return such copies; use shared parameters there)"
+    )

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import torch
 from torch import Tensor, nn
 
 from mtlweight._base import Weighting, balance
 from mtlweight._validation import check_finite
-from mtlweight.autograd import as_inputs, grad_norms, task_gradients
-from mtlweight.distributed import is_distributed
+from mtlweight.autograd import as_inputs
 
 __all__ = ["GradientBalance"]
 
@@ -103,44 +101,12 @@ class GradientBalance(Weighting):
         *,
         representation: Tensor | None = None,
     ) -> Tensor:
-        if representation is not None:
-            features = as_inputs(representation)
-            # The representation holds per-sample values, so ranks cannot average
-            # it; squared norms add up over samples, and balance() ignores the
-            # common 1/R, so averaging them is exact for any per-rank batch size.
-            squared = grad_norms(losses, features).to(values).square()
-            norms = self.statistic("grad_norm_squared", squared).sqrt()
-            if not bool(norms.any()):
-                _check_reached(losses, features)
-        elif self._shared is None:
+        if representation is None and self._shared is None:
             raise ValueError(
                 "GradientBalance needs the shared parameters (GradientBalance(shared=...)) or a "
                 "shared tensor (weighting(losses, representation=features))"
             )
-        elif self.sync and is_distributed():
-            # Average the per-task gradients, not their norms: with mean losses
-            # this is the gradient one process would get on the combined batch.
-            grads = self.statistic("task_gradients", task_gradients(losses, self._shared))
-            del self.statistics["task_gradients"]
-            norms = grads.to(values).norm(dim=1)
-        else:
-            norms = grad_norms(losses, self._shared).to(values)
-        self.statistics["grad_norm"] = norms
+        norms = self.grad_norm_statistic(losses, self._shared, representation).to(values)
         check_finite(names, norms, "gradient norm")
         return balance(norms)
 
-
-def _check_reached(losses: list[Tensor], features: list[Tensor]) -> None:
-    """Raise if no loss depends on the representation (a copy, a detached tensor)."""
-    reaching = [loss for loss in losses if loss.requires_grad]
-    if reaching:
-        total = torch.stack([loss.reshape(()) for loss in reaching]).sum()
-        grads = torch.autograd.grad(total, features, retain_graph=True, allow_unused=True)
-        if any(g is not None for g in grads):
-            return
-    raise ValueError(
-        "GradientBalance: no loss depends on the given representation, so every gradient "
-        "norm would be zero. Pass the tensor the losses are computed from (not a detached "
-        "or copied one: a whole-model torch.compile graph or DDP with "
-        "find_unused_parameters=True return such copies; use shared parameters there)"
-    )

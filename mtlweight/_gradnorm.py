@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from mtlweight._base import Weighting
 from mtlweight._validation import check_finite
-from mtlweight.autograd import as_inputs, grad_norms
+from mtlweight.autograd import as_inputs
 
 __all__ = ["GradNorm"]
 
@@ -142,11 +142,7 @@ class GradNorm(Weighting):
         *,
         representation: Tensor | None = None,
     ) -> Tensor:
-        if representation is not None:
-            inputs: list[Tensor] = as_inputs(representation)
-        elif self._shared is not None:
-            inputs = self._shared
-        else:
+        if representation is None and self._shared is None:
             raise ValueError(
                 "GradNorm needs the shared parameters (GradNorm(shared=...)) or a shared tensor "
                 "(weighting(losses, representation=features))"
@@ -159,7 +155,7 @@ class GradNorm(Weighting):
             raise ValueError(
                 f"GradNorm needs {needed}; loss of task {names[i]!r} is {float(values[i])}"
             )
-        norms = self.statistic("grad_norm", grad_norms(losses, inputs).to(values))
+        norms = self.grad_norm_statistic(losses, self._shared, representation).to(values)
         check_finite(names, norms, "gradient norm")
         current = self.statistic("loss", values)
         assert self.tasks is not None

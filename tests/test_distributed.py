@@ -66,11 +66,6 @@ TASKS = worker.TASKS
 
 # ------------------------------------------------------------------ scenarios
 PENDING = {
-    "gradnorm_norms": pytest.mark.xfail(
-        strict=True,
-        reason="GradNorm averages the per-rank gradient norms, not the gradients, so its "
-        "weight update differs from the combined-batch run (issue 7 report)",
-    ),
     "representation_jacobian": pytest.mark.xfail(
         strict=True,
         reason="the Jacobian with respect to a per-sample representation is averaged element by "
@@ -80,7 +75,7 @@ PENDING = {
 }
 """Expected failures of a scenario, by key: each must fail until its change lands."""
 
-AFFECTS = {"gradnorm_norms": {"exact"}, "representation_jacobian": {"exact"}}
+AFFECTS = {"representation_jacobian": {"exact"}}
 """Which kinds of test each pending change affects."""
 
 BASE: list[dict[str, Any]] = [
@@ -138,7 +133,7 @@ not among them: its draws depend on each process's random state."""
 SOLVERS = {"cagrad", "nash_mtl"}
 """Iterative solvers: equal to the combined-batch run up to their tolerance."""
 
-PENDING_BY_STRATEGY = {"gradnorm": ["gradnorm_norms"], "mgda_ub": ["representation_jacobian"]}
+PENDING_BY_STRATEGY = {"mgda_ub": ["representation_jacobian"]}
 
 LINEAR_BY_STRATEGY = {
     "equal",
