@@ -15,7 +15,7 @@ from mtlweight._mgda import min_norm_weights
 __all__ = ["CAGrad", "cagrad_dual"]
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
-_ZERO = 1e-8  # ||g_w|| below this times the largest ||g_t|| counts as zero
+_ZERO = 1e-5  # ||g_w|| below this times the largest ||g_t|| counts as zero
 
 
 def cagrad_dual(gram: Array, rho: float, *, iterations: int = 40) -> Array:
@@ -127,7 +127,7 @@ class CAGrad(GradientAggregator):
         The authors' code solves the dual with ``scipy.optimize.minimize``
         (SLSQP) and adds :math:`10^{-8}` to the norms; this solver is exact up
         to rounding. Where the dual optimum is :math:`g_{w^\star} = 0` (below
-        :math:`10^{-8} \max_t \lVert g_t \rVert`: zero is in
+        :math:`10^{-5} \max_t \lVert g_t \rVert`: zero is in
         the hull of the gradients and :math:`c` is large) the formula for
         :math:`d` does not give the primal solution; there :math:`d = g_0 / r`,
         as the authors' code gives.
@@ -168,8 +168,9 @@ class CAGrad(GradientAggregator):
             return b / divisor
         w = cagrad_dual(gram, rho)
         gw_norm = math.sqrt(max(float(w @ gram @ w), 0.0))
-        # A g_w that is zero up to rounding has no direction: lambda would only
-        # amplify the rounding error of J^T w.
+        # ||g_w|| comes from the Gram matrix, with an absolute error of about
+        # sqrt(eps) max_t ||g_t||: a g_w that small has no reliable direction,
+        # and lambda would only amplify the rounding error of J^T w.
         largest = math.sqrt(float(np.max(np.diag(gram))))
         lam = rho / gw_norm if gw_norm > _ZERO * largest else 0.0
         result: Array = (b + lam * w) / divisor

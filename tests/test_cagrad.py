@@ -83,33 +83,28 @@ def test_d_maximises_the_worst_improvement_in_the_ball(jac: Array, c: float, see
     """Strong duality: min_t g_t . d equals the dual optimum, and no d' in the ball beats d.
 
     Except where the dual optimum is g_w = 0 (0 in the hull and c large): there
-    d = g0, as in the authors' code. (In between, d is on the ball's edge; there
-    the formula is ill-conditioned, and only the ball is checked.)
+    the weights are the mean's and d = g0, as in the authors' code.
     """
-    _, d = run(jac, c=c, rescale=0)
+    weights, d = run(jac, c=c, rescale=0)
     g0 = jac.mean(axis=0)
     radius = c * float(np.linalg.norm(g0))
     scale = float(np.abs(jac).max()) ** 2 + 1e-300
-    assert np.linalg.norm(d - g0) <= radius + 1e-9 * math.sqrt(scale)
-    gram = jac @ jac.T
+    assert np.linalg.norm(d - g0) <= radius * (1 + 1e-5) + 1e-12 * math.sqrt(scale)
     if radius == 0:
         return
-    w_star = cagrad_dual(gram, radius)
-    gw_norm = math.sqrt(max(float(w_star @ gram @ w_star), 0.0))
-    largest = math.sqrt(float(np.max(np.diag(gram))))
-    if gw_norm < 1e-8 * largest:
+    if list(weights.values()) == [1.0 / len(jac)] * len(jac):
         np.testing.assert_allclose(d, g0, atol=1e-12 * math.sqrt(scale))
         return
-    if gw_norm < 1e-6 * largest:  # close to the switch: only the ball is certain
-        return
+    gram = jac @ jac.T
+    optimum = dual_objective(gram, radius, cagrad_dual(gram, radius))  # unique value
     worst = float(np.min(jac @ d))
-    np.testing.assert_allclose(worst, dual_objective(gram, radius, w_star), atol=1e-7 * scale)
+    np.testing.assert_allclose(worst, optimum, atol=1e-6 * scale)
     rng = np.random.default_rng(seed)
     directions = rng.normal(size=(200, jac.shape[1]))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True) + 1e-300
     lengths = radius * rng.uniform(0, 1, size=(200, 1)) ** (1 / jac.shape[1])
     candidates = g0 + directions * lengths  # uniform in the ball
-    assert worst >= float(np.min(candidates @ jac.T, axis=1).max()) - 1e-7 * scale
+    assert worst >= float(np.min(candidates @ jac.T, axis=1).max()) - 1e-6 * scale
 
 
 @settings(max_examples=25, deadline=None)
