@@ -65,8 +65,10 @@ def nash_weights(
         if not decrement / 2 > tol:
             break
         # at most 99% of the way to the boundary alpha = 0, then Armijo backtracking
-        ratios = np.where(step > 0, alpha / np.where(step > 0, step, 1.0), np.inf)
-        t = min(1.0, 0.99 * float(ratios.min()))
+        moving = step > 0
+        with np.errstate(over="ignore"):  # a tiny step gives an infinite ratio: no bound
+            bound = float(np.min(alpha[moving] / step[moving], initial=np.inf))
+        t = min(1.0, 0.99 * bound)
         while t > 1e-12:
             candidate = alpha - t * step
             new_value = objective(candidate)
