@@ -138,6 +138,7 @@ class GradientAggregator(Weighting):
         # to this module's state_dict.
         self._shared: list[Tensor] | None = None if shared is None else as_inputs(shared)
         self._pending: tuple[list[Tensor], Tensor] | None = None
+        self._in_backward = False
 
     @abstractmethod
     def aggregate(self, gram: Array, values: Tensor) -> Array:
@@ -149,7 +150,7 @@ class GradientAggregator(Weighting):
     # ------------------------------------------------------------------ API
     def forward(self, losses: Losses, *, representation: Tensor | None = None) -> Tensor:
         """Return :math:`\\sum_t \\operatorname{sg}(w_t) L_t` (``task_specific="weighted"``)."""
-        if self.task_specific == "plain":
+        if self.task_specific == "plain" and not self._in_backward:
             name = type(self).__name__
             raise TypeError(
                 f"{name}(task_specific='plain') gives the shared parameters the combined "
@@ -167,8 +168,9 @@ class GradientAggregator(Weighting):
         if self.task_specific == "weighted":
             return super().backward(losses, representation=representation)
         self._pending = None
+        self._in_backward = True
         try:
-            Weighting.forward(self, losses, representation=representation)
+            self(losses, representation=representation)  # weights, history, forward hooks
             names, tensors = normalise_losses(losses)
             if self._pending is None:  # the method reused earlier weights
                 inputs = self._inputs(representation)
@@ -176,8 +178,10 @@ class GradientAggregator(Weighting):
             inputs, jac = self._pending
         finally:
             self._pending = None
-        weights = torch.tensor([self._weights[n] for n in names], dtype=jac.dtype)
-        direction = weights.to(jac.device) @ jac
+            self._in_backward = False
+        acc = torch.float64 if jac.dtype == torch.float64 else torch.float32
+        weights = torch.tensor([self._weights[n] for n in names], dtype=acc, device=jac.device)
+        direction = weights @ jac.to(acc)
         handles = []
         for tensor, piece in zip(
             inputs, torch.split(direction, [t.numel() for t in inputs]), strict=True
