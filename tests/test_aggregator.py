@@ -180,14 +180,13 @@ def test_the_graph_survives_the_call(model: TinyMultiTask) -> None:
     assert all(p.grad is not None for p in model.parameters())
 
 
-def test_forward_hooks_fire_in_both_modes(model: TinyMultiTask) -> None:
-    for mode in ("weighted", "plain"):
-        recorder = Recorder(model.trunk, task_specific=mode)
-        seen: list[dict[str, float]] = []
-        recorder.register_forward_hook(lambda module, args, output: seen.append(module.weights))
-        recorder.backward(model.losses())
-        assert seen == [recorder.weights] and recorder.step == 1
-        # the plain mode's TypeError is back once backward is done
-        if mode == "plain":
-            with pytest.raises(TypeError):
-                recorder(model.losses())
+@pytest.mark.parametrize("mode", ["weighted", "plain"])
+def test_forward_hooks_fire_in_both_modes(model: TinyMultiTask, mode: str) -> None:
+    recorder = Recorder(model.trunk, task_specific=mode)
+    seen: list[dict[str, float]] = []
+    recorder.register_forward_hook(lambda module, args, output: seen.append(module.weights))
+    recorder.backward(model.losses())
+    assert seen == [recorder.weights] and recorder.step == 1
+    if mode == "plain":  # the TypeError of __call__ is back once backward is done
+        with pytest.raises(TypeError):
+            recorder(model.losses())
