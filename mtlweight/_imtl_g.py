@@ -85,7 +85,7 @@ class IMTLG(GradientAggregator):
 
     .. note::
         The paper pairs IMTL-G with IMTL-L (learnt loss scales,
-        :class:`~mtlweight.IMTLL` where available); this class is the gradient
+        :class:`~mtlweight.IMTLL`); this class is the gradient
         part alone.
 
     Examples
