@@ -295,7 +295,9 @@ def render_markdown(payload: dict[str, Any]) -> str:
         out += ["", f"### {title}", "", markdown_table(header, rows)]
     out += ["", "### Against the paper's claims (PSNR differences, ± two standard errors)", ""]
     out += verdicts(table) or ["- (not enough rows to compare)"]
-    out += below_input(table)
+    worse = below_input(table)
+    if worse:
+        out += ["", "### Rows that do not yet beat the rainy input", "", *worse]
     out += ["", "Rows 1-2 have no channel attention and rows 3-4 have it, as in the paper's "
             "Table I, so rows 3-4 against row 1 measure losses, weighting and attention "
             "together. With two seeds the spread is a rough estimate."]
