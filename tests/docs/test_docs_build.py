@@ -147,12 +147,20 @@ def test_notes_before_sections_moves_only_notes_after_a_section() -> None:
     assert copy == untouched
 
 
+def test_committed_images_are_small() -> None:
+    for image in (DOCS / "_static").rglob("*"):
+        if image.suffix.lower() in (".png", ".jpg", ".jpeg", ".svg", ".gif"):
+            size = image.stat().st_size
+            assert size < 200_000, f"{image.relative_to(ROOT)} is {size} bytes (limit 200 KB)"
+
+
 def test_figures_are_drawn_at_build_time(builds: dict[str, Build]) -> None:
     assert builds["html"].returncode == 0
     # Exactly one image per plot: a script drawing at import time would add more.
-    for page, count in (("user_guide/logging", 1), ("losses", 2)):
+    # The MENET page shows the four committed figures of a demo run.
+    for page, count in (("user_guide/logging", 1), ("losses", 2), ("menet", 4)):
         text = (builds["html"].out / f"{page}.html").read_text(encoding="utf-8")
-        images = re.findall(r'<img [^>]*src="([^"]+\.png)"', text)
+        images = re.findall(r'<img [^>]*src="([^"]+\.(?:png|jpg))"', text)
         assert len(images) == count, f"{page}: expected {count} figures, found {images}"
         for src in images:
             assert (builds["html"].out / page).parent.joinpath(src).resolve().is_file(), src
