@@ -19,6 +19,7 @@ previous complete checkpoint or the new complete checkpoint, never a torn one.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import random
@@ -33,11 +34,13 @@ from torch import nn
 
 __all__ = [
     "CheckpointError",
+    "CheckpointWriteError",
     "atomic_write",
     "capture_rng_state",
     "export_weights",
     "load_checkpoint",
     "load_model",
+    "remove_stale_temporaries",
     "restore_rng_state",
     "save_checkpoint",
 ]
@@ -50,6 +53,47 @@ class CheckpointError(RuntimeError):
     """A checkpoint or weight file is missing, truncated, corrupted or of the wrong kind."""
 
 
+class CheckpointWriteError(OSError):
+    """A file could not be written (full disk, read-only folder, ...).
+
+    An :class:`OSError` with the original ``errno``; the message names the file
+    and its folder, and says that the previous file at that path is unchanged.
+    """
+
+
+def _write_error(path: Path, exc: OSError) -> CheckpointWriteError:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    kept = (
+        f"the previous {path.name} is unchanged"
+        if path.exists()
+        else f"no {path.name} was written"
+    )
+    message = f"cannot write {path} (in folder {path.parent}): {reason}; {kept}"
+    if exc.errno is None:
+        return CheckpointWriteError(message)
+    return CheckpointWriteError(exc.errno, message)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary files left in ``folder`` by an :func:`atomic_write` that was killed.
+
+    Only names :func:`atomic_write` creates (``.<name>.<random>.tmp``) are
+    touched. Returns the removed paths.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / ".last.ckpt.x1.tmp").write_bytes(b"")
+    >>> [p.name for p in remove_stale_temporaries(d)]
+    ['.last.ckpt.x1.tmp']
+    """
+    removed = []
+    for p in Path(folder).glob(".*.tmp"):
+        if p.is_file():
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Any:
     """Open a temporary binary file that atomically replaces ``path`` on success.
@@ -58,7 +102,8 @@ def atomic_write(path: str | os.PathLike[str]) -> Any:
     a rename on the same file system). On a clean exit it is flushed,
     ``fsync``-ed and renamed over ``path``; the directory is then ``fsync``-ed
     so the rename itself is durable. On an exception it is deleted and
-    ``path`` is left untouched.
+    ``path`` is left untouched; an :class:`OSError` (full disk, read-only
+    folder, ...) becomes a :class:`CheckpointWriteError` naming ``path``.
 
     Parameters
     ----------
@@ -80,8 +125,11 @@ def atomic_write(path: str | os.PathLike[str]) -> Any:
     b'hello'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -89,8 +137,11 @@ def atomic_write(path: str | os.PathLike[str]) -> Any:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, CheckpointWriteError):
+            raise _write_error(path, exc) from exc
         raise
     _fsync_dir(path.parent)
 
@@ -122,10 +173,18 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> N
         ``str``, ``int``, ``float``, ``bool``, ``None``), so that
         :func:`load_checkpoint` can use ``weights_only=True``. A
         ``"format_version"`` entry is added.
+
+    Raises
+    ------
+    CheckpointWriteError
+        The file could not be written (full disk, read-only folder); the
+        message names it, and the previous checkpoint is intact.
     """
     payload = {"format_version": FORMAT_VERSION, **state}
+    buffer = io.BytesIO()  # serialise first: a write error is then an OSError, never torch's
+    torch.save(payload, buffer)
     with atomic_write(path) as f:
-        torch.save(payload, f)
+        f.write(buffer.getbuffer())
 
 
 def load_checkpoint(
@@ -199,7 +258,7 @@ def capture_rng_state() -> dict[str, Any]:
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
     py_version, py_internal, py_gauss = random.getstate()
     cuda: list[torch.Tensor] = []
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         cuda = [t.clone() for t in torch.cuda.get_rng_state_all()]
     return {
         "torch": torch.get_rng_state().clone(),
@@ -240,7 +299,8 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         )
     )
     py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss_next"]))
+    internal = tuple(int(v) for v in py["internal"].tolist())
+    random.setstate((py["version"], internal, py["gauss_next"]))
 
 
 # ----------------------------------------------------------------------------- weights

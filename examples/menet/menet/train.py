@@ -33,6 +33,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -52,9 +53,13 @@ from .checkpoint import (
     capture_rng_state,
     export_weights,
     load_checkpoint,
+    remove_stale_temporaries,
     restore_rng_state,
     save_checkpoint,
 )
+from .distributed import ShardedEpochSampler, on_rank0
+from .distributed import cleanup as dist_cleanup
+from .distributed import setup as dist_setup
 from .model import MENET, VARIANTS
 
 __all__ = [
@@ -76,7 +81,9 @@ LOSS_NAMES = ("pixel", "edge", "texture")
 
 #: Config fields that may change between a run and its ``--resume`` (they do
 #: not change the computation).
-_RESUME_MUTABLE = frozenset({"out", "resume", "workers", "device", "progress", "cache"})
+_RESUME_MUTABLE = frozenset(
+    {"out", "resume", "workers", "device", "progress", "cache", "compile", "skip_nonfinite"}
+)
 
 
 @dataclass
@@ -151,6 +158,16 @@ class TrainConfig:
         Show a tqdm progress bar.
     cache : bool
         Keep decoded images in memory (passed to the datasets).
+    compile : str, optional
+        Compile the model with ``torch.compile(backend=compile)`` (e.g.
+        ``"inductor"``, or ``"aot_eager"`` where no C++ compiler is present);
+        the weighting runs eagerly on its outputs. Not with
+        ``gb_shared="representation"`` (the features would be an output of the
+        same graph as the prediction, and no loss would reach them).
+    skip_nonfinite : bool
+        Skip a step whose losses are not finite (no update; BatchNorm
+        statistics restored), count it and go on, instead of stopping with
+        :class:`FloatingPointError` naming the step and the task.
     """
 
     out: str = "runs/menet"
@@ -185,6 +202,8 @@ class TrainConfig:
     dry_run: bool = False
     progress: bool = True
     cache: bool = True
+    compile: str | None = None
+    skip_nonfinite: bool = False
 
     def __post_init__(self) -> None:
         self.losses = tuple(self.losses)
@@ -224,7 +243,8 @@ class TrainConfig:
             raise ValueError(f"unknown variant {self.variant!r}; choose from {sorted(VARIANTS)}")
         if self.gb_shared not in ("last_conv", "all", "representation"):
             raise ValueError(
-                f"gb_shared must be 'last_conv', 'all' or 'representation'; found {self.gb_shared!r}"
+                "gb_shared must be 'last_conv', 'all' or 'representation'; "
+                f"found {self.gb_shared!r}"
             )
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]'; found {self.device!r}")
@@ -238,6 +258,12 @@ class TrainConfig:
             raise ValueError(f"lr must be positive; found {self.lr}")
         if not 0.0 <= self.lr_milestone <= 1.0:
             raise ValueError(f"lr_milestone must be in [0, 1]; found {self.lr_milestone}")
+        if self.compile is not None and self.gb_shared == "representation":
+            raise ValueError(
+                "compile cannot be combined with gb_shared='representation': the features "
+                "and the prediction would be outputs of one compiled graph, so no loss reaches "
+                "the features; use gb_shared='last_conv' or 'all'"
+            )
         if self.weights is not None:
             extra = [n for n in self.weights if n not in self.losses]
             if extra:
@@ -263,11 +289,16 @@ class TrainConfig:
 
 @dataclass
 class StepResult:
-    """What one :func:`train_step` measured: loss values, weights and the total."""
+    """What one :func:`train_step` measured: loss values, weights and the total.
+
+    ``skipped`` is true when the losses were not finite and the step was
+    skipped (``skip_nonfinite=True``); ``weights`` is then empty.
+    """
 
     losses: dict[str, float]
     weights: dict[str, float]
     total: float
+    skipped: bool = False
 
 
 @dataclass
@@ -291,6 +322,7 @@ class TrainResult:
     plots: list[Path]
     interrupted: bool = False
     seconds: float = 0.0
+    skipped_steps: list[int] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -485,6 +517,7 @@ def train_step(
     representation: bool = False,
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    skip_nonfinite: bool = False,
 ) -> StepResult:
     """One optimisation step: forward, per-task losses, weighting, backward, update.
 
@@ -507,15 +540,28 @@ def train_step(
         Autocast dtype (``float16``/``bfloat16``); losses are computed in float32.
     scaler : torch.amp.GradScaler, optional
         Gradient scaler for float16 training.
+    skip_nonfinite : bool
+        When a loss is not finite, skip the step instead of raising: no
+        backward, no optimizer step, the model's buffers (BatchNorm running
+        statistics) restored to their values before the forward pass; the
+        scheduler still advances, so the schedule stays a function of the
+        step number. Under DDP every rank skips together (the weighting's
+        finiteness check is collective).
 
     Returns
     -------
     StepResult
         Unweighted loss values, the weights used and the weighted total.
 
+    Raises
+    ------
+    FloatingPointError
+        A loss is not finite (the message names the task) and
+        ``skip_nonfinite`` is false.
+
     Examples
     --------
-    >>> torch.manual_seed(0); net = MENET(blocks=1, channel_attention=False)
+    >>> _ = torch.manual_seed(0); net = MENET(blocks=1, channel_attention=False)
     >>> fns = build_losses(["pixel", "edge"]); w = mw.LossBalance()
     >>> opt = torch.optim.Adam(net.parameters(), 1e-3)
     >>> x = torch.rand(2, 3, 16, 16)
@@ -525,6 +571,7 @@ def train_step(
     """
     rainy, clean = batch
     model.train()
+    buffers = [b.detach().clone() for b in model.buffers()] if skip_nonfinite else []
     device_type = rainy.device.type
     autocast = (
         torch.autocast(device_type, dtype=amp_dtype)
@@ -538,7 +585,23 @@ def train_step(
             out, features = model(rainy), None
     out = out.float()
     losses = {name: fn(out, clean) for name, fn in loss_fns.items()}
-    total = weighting(losses, representation=features)
+    try:
+        total = weighting(losses, representation=features)
+    except FloatingPointError:
+        if not skip_nonfinite:
+            raise
+        with torch.no_grad():
+            for b, saved in zip(model.buffers(), buffers, strict=True):
+                b.copy_(saved)
+        optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
+        return StepResult(
+            losses={k: float(v.detach()) for k, v in losses.items()},
+            weights={},
+            total=float("nan"),
+            skipped=True,
+        )
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(total).backward()
@@ -560,35 +623,51 @@ def train_step(
 
 
 class _CsvLog:
-    """Per-step CSV log; on resume, rows after the checkpoint's step are dropped."""
+    """Per-step CSV log; on resume, rows after the checkpoint's step are dropped.
 
-    def __init__(self, path: Path, losses: Sequence[str], resume_step: int | None) -> None:
+    With ``skipped=True`` a last column ``skipped`` counts the steps skipped so
+    far (non-finite losses); a skipped step itself gets no row, so the log
+    stays plottable. Rows kept from before a resume are matched by column name.
+    """
+
+    def __init__(
+        self, path: Path, losses: Sequence[str], resume_step: int | None, skipped: bool = False
+    ) -> None:
         self.path = path
         self.columns = (
             ["step", "epoch", "lr"]
             + [f"loss_{n}" for n in losses]
             + [f"weight_{n}" for n in losses]
             + ["total", "time"]
+            + (["skipped"] if skipped else [])
         )
         kept: list[list[str]] = []
         if resume_step is not None and path.is_file():
             with path.open(newline="") as f:
                 rows = list(csv.reader(f))
-            if rows and rows[0] == self.columns:
-                kept = [r for r in rows[1:] if r and int(r[0]) <= resume_step]
+            if rows and set(rows[0]) - {"skipped"} == set(self.columns) - {"skipped"}:
+                index = {name: j for j, name in enumerate(rows[0])}
+                kept = [
+                    [r[index[c]] if c in index else "0" for c in self.columns]
+                    for r in rows[1:]
+                    if r and int(r[0]) <= resume_step
+                ]
         self._file = path.open("w", newline="")
         self._writer = csv.writer(self._file)
         self._writer.writerow(self.columns)
         self._writer.writerows(kept)
         self._file.flush()
 
-    def write(self, step: int, epoch: int, lr: float, r: StepResult, seconds: float) -> None:
+    def write(
+        self, step: int, epoch: int, lr: float, r: StepResult, seconds: float, skipped: int = 0
+    ) -> None:
         names = list(r.losses)
         self._writer.writerow(
             [step, epoch, f"{lr:.6g}"]
             + [f"{r.losses[n]:.6g}" for n in names]
             + [f"{r.weights.get(n, float('nan')):.6g}" for n in names]
             + [f"{r.total:.6g}", f"{seconds:.3f}"]
+            + ([str(skipped)] if self.columns[-1] == "skipped" else [])
         )
 
     def flush(self) -> None:
@@ -621,7 +700,9 @@ def _postfix(r: StepResult) -> str:
     return " ".join(parts)
 
 
-def train(config: TrainConfig, *, on_epoch_end: Callable[[int, int], None] | None = None) -> TrainResult:
+def train(
+    config: TrainConfig, *, on_epoch_end: Callable[[int, int], None] | None = None
+) -> TrainResult:
     """Train MENET as configured; checkpoint every epoch; export the weights.
 
     Parameters
@@ -639,16 +720,59 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[int, int], None] | Non
         The trained model (eval mode), paths of the outputs, and whether the
         run was interrupted by ``KeyboardInterrupt`` (the last complete
         checkpoint is kept; resume with ``resume=True``).
+
+    Raises
+    ------
+    FloatingPointError
+        A loss is not finite (the message names the step and the task),
+        unless ``config.skip_nonfinite``.
+    menet.checkpoint.CheckpointError
+        The checkpoint to resume from is unreadable, or one cannot be
+        written (full disk, read-only folder: the message names the file, and
+        the previous checkpoint is left intact).
+
+    Notes
+    -----
+    Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) every process
+    calls this function: it joins the process group (gloo on CPU, NCCL on
+    CUDA, GPU ``LOCAL_RANK``), wraps the model in
+    :class:`~torch.nn.parallel.DistributedDataParallel` and trains on its share
+    of each batch (:class:`menet.distributed.ShardedEpochSampler`;
+    ``batch_size`` is the global batch and must be a multiple of the number of
+    processes). Only rank 0 prints, logs, plots and writes checkpoints and
+    weights; the others wait for each write and fail with it. Checkpoints
+    hold the unwrapped model, so a run resumes on any number of processes.
     """
+    device = resolve_device(config.device)
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    ctx = dist_setup(device)
+    if ctx.enabled and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", ctx.local_rank)
+    try:
+        return _train(config, device, ctx.rank, ctx.world_size, on_epoch_end)
+    finally:
+        if ctx.enabled and owns_group:
+            dist_cleanup()
+
+
+def _train(
+    config: TrainConfig,
+    device: torch.device,
+    rank: int,
+    world_size: int,
+    on_epoch_end: Callable[[int, int], None] | None,
+) -> TrainResult:
+    """The body of :func:`train` on one process (rank ``rank`` of ``world_size``)."""
+    from torch.nn.parallel import DistributedDataParallel
     from tqdm import tqdm
 
     from .plots import plot_training_log
 
     config.validate()
+    main = rank == 0
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "last.ckpt"
-    device = resolve_device(config.device)
+    on_rank0(lambda: _prepare_out(out), f"preparing the output folder {out}")
 
     ckpt: dict[str, Any] | None = None
     if config.resume:
@@ -659,27 +783,41 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[int, int], None] | Non
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
 
-    model = MENET.variant(config.variant)
+    net = MENET.variant(config.variant)
     if config.zero_init_residual:
-        nn.init.zeros_(model.last_conv.weight)
-    model = model.to(device)
+        nn.init.zeros_(net.last_conv.weight)
+    net = net.to(device)
     loss_fns = {n: f.to(device) for n, f in build_losses(config.losses).items()}
     weighting = build_weighting(
         config.weighting,
-        model,
+        net,
         config.losses,
         weights=config.weights,
         gb_shared=config.gb_shared,
         options=config.weighting_options,
     ).to(device)
     representation = config.gb_shared == "representation"
+    if ckpt is not None:  # before DDP, which broadcasts rank 0's parameters anyway
+        net.load_state_dict(ckpt["model"])
+    model: nn.Module = net
+    if world_size > 1:
+        model = DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if config.compile is not None:
+        # GB differentiates the compiled graph once per task (retain_graph): AOTAutograd
+        # must not donate (free) the saved activations after the first backward.
+        import torch._functorch.config as functorch_config
+
+        functorch_config.donated_buffer = False
+        model = torch.compile(model, backend=config.compile)  # type: ignore[assignment]
 
     dataset = build_dataset(config)
     n = len(dataset)  # type: ignore[arg-type]
     if n == 0:
         raise ValueError("the training set is empty")
-    drop_last = n >= config.batch_size
-    steps_per_epoch = n // config.batch_size if drop_last else 1
+    sampler = ShardedEpochSampler(n, config.seed, config.batch_size, rank, world_size)
+    steps_per_epoch = sampler.steps_per_epoch
     if config.dry_run:
         total_steps = 1
     elif config.steps is not None:
@@ -687,22 +825,20 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[int, int], None] | Non
     else:
         assert config.epochs is not None
         total_steps = config.epochs * steps_per_epoch
-    n_epochs = math.ceil(total_steps / steps_per_epoch)
 
-    sampler = EpochSampler(n, config.seed)
     loader_gen = torch.Generator()
     loader = DataLoader(
         dataset,
-        batch_size=config.batch_size,
+        batch_size=sampler.local_batch,
         sampler=sampler,
         num_workers=config.workers,
-        drop_last=drop_last,
+        drop_last=False,
         generator=loader_gen,
         worker_init_fn=_seed_worker,
         pin_memory=device.type == "cuda",
     )
 
-    params: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    params: list[dict[str, Any]] = [{"params": list(net.parameters())}]
     extra = [p for p in weighting.parameters() if p.requires_grad]
     if extra:
         params.append({"params": extra})
@@ -719,8 +855,8 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[int, int], None] | Non
 
     step = epoch = 0
     elapsed = 0.0
+    skipped: list[int] = []
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         weighting.load_state_dict(ckpt["weighting"])
@@ -728,13 +864,21 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[int, int], None] | Non
             scaler.load_state_dict(ckpt["scaler"])
         restore_rng_state(ckpt["rng"])
         step, epoch, elapsed = int(ckpt["step"]), int(ckpt["epoch"]), float(ckpt["elapsed"])
+        skipped = [int(k) for k in ckpt.get("skipped_steps", [])]
 
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    log = _CsvLog(out / "log.csv", config.losses, step if ckpt is not None else None)
+    log: _CsvLog | None = None
+    if main:
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        log = _CsvLog(
+            out / "log.csv",
+            config.losses,
+            step if ckpt is not None else None,
+            skipped=config.skip_nonfinite or bool(skipped),
+        )
     bar = tqdm(
         total=total_steps,
         initial=step,
-        disable=not config.progress,
+        disable=not (config.progress and main),
         desc=f"menet {config.variant} {config.weighting}",
         dynamic_ncols=True,
         file=sys.stderr,
@@ -747,7 +891,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[int, int], None] | Non
     def checkpoint() -> None:
         nonlocal saved
         state = {
-            "model": model.state_dict(),
+            "model": net.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "weighting": weighting.state_dict(),
@@ -758,9 +902,12 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[int, int], None] | Non
             "total_steps": total_steps,
             "elapsed": time.perf_counter() - start,
             "config": config.to_dict(),
+            "skipped_steps": list(skipped),
+            "world_size": world_size,
         }
-        log.flush()
-        save_checkpoint(ckpt_path, state)
+        if log is not None:
+            log.flush()
+        on_rank0(lambda: save_checkpoint(ckpt_path, state), f"writing checkpoint {ckpt_path}")
         saved = ckpt_path
 
     try:
@@ -773,21 +920,43 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[int, int], None] | Non
                 rainy = batch[0].to(device, non_blocking=True)
                 clean = batch[1].to(device, non_blocking=True)
                 lr = optimizer.param_groups[0]["lr"]
-                last = train_step(
-                    model,
-                    (rainy, clean),
-                    loss_fns,
-                    weighting,
-                    optimizer,
-                    scheduler,
-                    representation=representation,
-                    amp_dtype=amp_dtype,
-                    scaler=scaler,
-                )
+                try:
+                    result = train_step(
+                        model,
+                        (rainy, clean),
+                        loss_fns,
+                        weighting,
+                        optimizer,
+                        scheduler,
+                        representation=representation,
+                        amp_dtype=amp_dtype,
+                        scaler=scaler,
+                        skip_nonfinite=config.skip_nonfinite,
+                    )
+                except FloatingPointError as exc:
+                    raise FloatingPointError(
+                        f"step {step + 1} (epoch {epoch + 1}): {exc}; the last checkpoint is "
+                        f"{saved or 'not written yet'}. Use --skip-nonfinite "
+                        f"(TrainConfig.skip_nonfinite) to skip such steps"
+                    ) from exc
                 step += 1
-                log.write(step, epoch, lr, last, time.perf_counter() - start)
+                if result.skipped:
+                    skipped.append(step)
+                    bad = [k for k, v in result.losses.items() if not math.isfinite(v)]
+                    if main:
+                        tqdm.write(
+                            f"menet train: step {step} skipped: loss {', '.join(bad) or '?'} "
+                            f"not finite ({len(skipped)} skipped so far)",
+                            file=sys.stderr,
+                        )
+                else:
+                    if world_size > 1:  # log the losses of the whole (global) batch
+                        result = _mean_over_ranks(result)
+                    last = result
+                    if log is not None:
+                        log.write(step, epoch, lr, last, time.perf_counter() - start, len(skipped))
                 bar.update(1)
-                bar.set_postfix_str(_postfix(last), refresh=False)
+                bar.set_postfix_str(_postfix(result), refresh=False)
                 if step >= total_steps:
                     break
             epoch += 1
@@ -798,25 +967,33 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[int, int], None] | Non
         interrupted = True
     finally:
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
 
-    model.eval()
+    net.eval()
     weights_file: Path | None = None
     plots: list[Path] = []
     if not interrupted:
-        weights_file = export_weights(
-            model,
-            out / "model.safetensors",
-            config.variant,
-            weighting=config.weighting,
-            losses=list(config.losses),
-            steps=step,
-            epochs=epoch,
-            seed=config.seed,
-        )
-        plots = plot_training_log(out / "log.csv", out)
+
+        def finish() -> tuple[Path, list[Path]]:
+            written = export_weights(
+                net,
+                out / "model.safetensors",
+                config.variant,
+                weighting=config.weighting,
+                losses=list(config.losses),
+                steps=step,
+                epochs=epoch,
+                seed=config.seed,
+                skipped_steps=len(skipped),
+            )
+            return written, plot_training_log(out / "log.csv", out)
+
+        done = on_rank0(finish, f"exporting the weights to {out}")
+        if done is not None:
+            weights_file, plots = done
     return TrainResult(
-        model=model,
+        model=net,
         out=out,
         step=step,
         epoch=epoch,
@@ -828,4 +1005,35 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[int, int], None] | Non
         plots=plots,
         interrupted=interrupted,
         seconds=time.perf_counter() - start,
+        skipped_steps=list(skipped),
     )
+
+
+def _mean_over_ranks(r: StepResult) -> StepResult:
+    """``r`` with its loss values and total averaged over the processes (a collective)."""
+    from mtlweight.distributed import all_reduce_mean
+
+    names = list(r.losses)
+    local = torch.tensor([r.losses[k] for k in names] + [r.total], dtype=torch.float64)
+    values = all_reduce_mean(local).tolist()
+    losses = dict(zip(names, values[:-1], strict=True))
+    return dataclasses.replace(r, losses=losses, total=values[-1])
+
+
+def _prepare_out(out: Path) -> None:
+    """Create the output folder, check it is writable and remove stale temporary files."""
+    from .checkpoint import CheckpointWriteError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".menet-write-test-{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        message = (
+            f"output folder {out} is not writable ({exc.strerror or exc}); choose another --out"
+        )
+        if exc.errno is None:
+            raise CheckpointWriteError(message) from exc
+        raise CheckpointWriteError(exc.errno, message) from exc
+    remove_stale_temporaries(out)
