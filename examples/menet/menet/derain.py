@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from .images import read_bit_depth, read_image, write_image
+from .model import pad_to_multiple
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -53,31 +54,49 @@ __all__ = [
     "tile_spans",
 ]
 
+#: Tile alignment: MENET's total downsampling (channel attention works at 1/16).
+_ALIGN = 16
+
 #: File extensions treated as images when a folder is given.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 
-def tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
-    """Start/stop of evenly spread tiles covering ``[0, size)``, overlapping by >= ``overlap``.
+def tile_spans(size: int, tile: int, overlap: int, align: int = 1) -> list[tuple[int, int]]:
+    r"""Start/stop of evenly spread tiles covering ``[0, size)``, overlapping by >= ``overlap``.
 
-    The number of tiles is :math:`n = \\lceil (S - v) / (T - v) \\rceil` for side
-    :math:`S`, tile :math:`T` and overlap :math:`v`; starts are
-    :math:`\\operatorname{round}(k (S - T) / (n - 1))`. A side no longer than the
-    tile gives one span.
+    With side :math:`S`, tile :math:`T` and overlap :math:`v`, the smallest
+    :math:`n \ge \lceil (S - v) / (T - v) \rceil` is used whose starts
+    :math:`a \cdot \operatorname{round}(k (S - T) / ((n - 1) a))` (multiples of
+    ``align`` :math:`a`, the last one :math:`S - T`) keep every overlap
+    :math:`\ge v`. A side no longer than the tile gives one span.
 
     >>> tile_spans(100, 40, 10)
     [(0, 40), (30, 70), (60, 100)]
     >>> tile_spans(30, 40, 10)
     [(0, 30)]
+    >>> tile_spans(96, 48, 16, align=16)
+    [(0, 48), (16, 64), (48, 96)]
     """
-    if tile < 1 or overlap < 0 or overlap >= tile:
-        raise ValueError(f"need tile >= 1 and 0 <= overlap < tile; found tile={tile}, "
-                         f"overlap={overlap}")
+    if tile < 1 or overlap < 0 or overlap >= tile or align < 1:
+        raise ValueError(
+            f"need tile >= 1, 0 <= overlap < tile and align >= 1; found tile={tile}, "
+            f"overlap={overlap}, align={align}"
+        )
     if size <= tile:
         return [(0, size)]
+    if tile - overlap < align:
+        raise ValueError(
+            f"tiles must advance by at least align={align} pixels: need tile - overlap >= "
+            f"{align}; found tile={tile}, overlap={overlap}"
+        )
     n = math.ceil((size - overlap) / (tile - overlap))
-    starts = [round(k * (size - tile) / (n - 1)) for k in range(n)]
-    return [(s, s + tile) for s in starts]
+    while True:
+        starts = [align * round(k * (size - tile) / ((n - 1) * align)) for k in range(n)]
+        starts[-1] = size - tile
+        starts = sorted(set(starts))
+        if all(b - a <= tile - overlap for a, b in zip(starts, starts[1:], strict=False)):
+            return [(s, s + tile) for s in starts]
+        n += 1
 
 
 def _ramp(length: int, kind: str, *, dtype: torch.dtype) -> Tensor:
@@ -110,6 +129,7 @@ def apply_tiled(
     tile: int = 512,
     overlap: int = 32,
     window: str = "hann",
+    align: int = 1,
 ) -> Tensor:
     """Apply an image-to-image ``fn`` tile by tile and blend the tiles seamlessly.
 
@@ -125,6 +145,9 @@ def apply_tiled(
         Minimum overlap between neighbouring tiles; the blend ramps across it.
     window : {"hann", "linear"}
         Shape of the ramp.
+    align : int
+        Tile starts are multiples of ``align`` (a network that downsamples by
+        ``align`` is translation-equivariant only for such shifts).
 
     Returns
     -------
@@ -135,7 +158,7 @@ def apply_tiled(
     if image.dim() != 4:
         raise ValueError(f"apply_tiled expects (B, C, H, W); found shape {tuple(image.shape)}")
     _, _, h, w = image.shape
-    ys, xs = tile_spans(h, tile, overlap), tile_spans(w, tile, overlap)
+    ys, xs = tile_spans(h, tile, overlap, align), tile_spans(w, tile, overlap, align)
     if len(ys) == 1 and len(xs) == 1:
         return fn(image)
     acc: Tensor | None = None
@@ -175,6 +198,12 @@ def derain_image(
     tiles of ``tile`` pixels (``None`` or 0: the whole image at once), and
     returns the result on ``image``'s device with ``image``'s shape.
 
+    The image is first reflect-padded to multiples of 16 exactly as
+    :class:`~menet.model.MENET` pads it itself, and tiles start at multiples of
+    16 (``tile`` is rounded down to one): MENET downsamples by 4 (16 in channel
+    attention), so it is translation-equivariant only for such shifts, and the
+    tiles at the bottom/right border then see the same padding as the whole image.
+
     >>> from menet.model import MENET
     >>> net = MENET(blocks=1).eval()
     >>> derain_image(net, torch.rand(3, 40, 24), tile=32, overlap=8).shape
@@ -194,8 +223,17 @@ def derain_image(
         return model(t.to(device)).to(x.device).float()
 
     with torch.inference_mode():
-        if tile:
-            y = apply_tiled(run, x, tile=tile, overlap=overlap, window=window)
+        h, w = x.shape[-2:]
+        if tile and max(h, w) > tile:
+            side = max(_ALIGN, tile - tile % _ALIGN)
+            if not 0 <= overlap <= side - _ALIGN:
+                raise ValueError(
+                    f"overlap must be in [0, tile - {_ALIGN}]; found overlap={overlap}, "
+                    f"tile={side} (tile rounded down to a multiple of {_ALIGN})"
+                )
+            padded = pad_to_multiple(x, _ALIGN)
+            y = apply_tiled(run, padded, tile=side, overlap=overlap, window=window, align=_ALIGN)
+            y = y[..., :h, :w]
         else:
             y = run(x)
     return y[0] if single else y
