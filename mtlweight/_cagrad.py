@@ -14,20 +14,22 @@ from mtlweight._mgda import min_norm_weights
 
 __all__ = ["CAGrad", "cagrad_dual"]
 
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _ZERO = 1e-5  # ||g_w|| below this times the largest ||g_t|| counts as zero
 
 
-def cagrad_dual(gram: Array, rho: float, *, iterations: int = 40) -> Array:
+def cagrad_dual(gram: Array, rho: float, *, max_iter: int = 100, tol: float = 1e-10) -> Array:
     r"""Solve the CAGrad dual :math:`\min_{w \in \Delta^T} g_w \cdot g_0 + \rho \lVert g_w \rVert`.
 
     Here :math:`g_w = J^\top w` and :math:`g_0 = J^\top \mathbf{1}/T`. Writing
     :math:`\rho \lVert u \rVert = \min_{s > 0} \tfrac{\rho}{2}(\lVert u \rVert^2 / s + s)`
-    turns the problem into a convex one-dimensional search over :math:`s`
-    (golden section) whose inner problem, for fixed :math:`s`, is the
+    turns the problem into a convex one-dimensional problem in :math:`s`. For
+    fixed :math:`s` the minimiser is :math:`u(s) = P_K(-(s/\rho)\, g_0)`, the
     min-norm point of the hull of the shifted gradients
     :math:`g_t + (s/\rho)\, g_0`, solved exactly by
-    :func:`~mtlweight._mgda.min_norm_weights`. The best :math:`w` met is returned.
+    :func:`~mtlweight._mgda.min_norm_weights`; the derivative in :math:`s`
+    has the sign of :math:`s - \lVert u(s) \rVert`, whose root is found by
+    regula falsi (Illinois) to ``tol`` times :math:`\max_t \lVert g_t \rVert`.
+    The best :math:`w` met (vertices and centre included) is returned.
 
     Examples
     --------
@@ -43,30 +45,47 @@ def cagrad_dual(gram: Array, rho: float, *, iterations: int = 40) -> Array:
     def objective(w: Array) -> float:
         return float(w @ q) + rho * math.sqrt(max(float(w @ gram @ w), 0.0))
 
-    def inner(s: float) -> tuple[float, Array]:
+    def gap(s: float) -> tuple[float, Array]:
         k = s / rho
-        shifted = gram + k * (q[:, None] + q[None, :]) + k * k * g0_norm2
-        w = min_norm_weights(shifted)
-        value = float(w @ q) + 0.5 * rho * (float(w @ gram @ w) / s + s)
-        return value, w
+        w = min_norm_weights(gram + k * (q[:, None] + q[None, :]) + k * k * g0_norm2)
+        return s - math.sqrt(max(float(w @ gram @ w), 0.0)), w
 
-    candidates = [b, min_norm_weights(gram), *np.eye(count)]
-    lo, hi = 0.0, math.sqrt(max(float(np.max(np.diag(gram))), 0.0))
-    if hi > 0.0:
-        x1, x2 = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
-        (f1, w1), (f2, w2) = inner(x1), inner(x2)
-        candidates += [w1, w2]
-        for _ in range(iterations):
-            if f1 <= f2:
-                hi, x2, f2 = x2, x1, f1
-                x1 = hi - _GOLDEN * (hi - lo)
-                f1, w1 = inner(x1)
-                candidates.append(w1)
+    candidates = [b, *np.eye(count)]
+    largest = math.sqrt(max(float(np.max(np.diag(gram))), 0.0))
+    lo, hi = 0.0, largest
+    f_lo, w_lo = gap(lo)
+    candidates.append(w_lo)
+    # With 0 in the hull, gap(0) = 0 but the optimum may lie further: the sign of
+    # the gap is monotone (-, 0, +), so look for a negative value closer in.
+    if f_lo > -1e-7 * largest:  # u(0), the min-norm point, is 0 up to rounding
+        f_lo = 0.0
+    probe = largest
+    while not f_lo < 0.0 and probe > 1e-6 * largest:
+        probe /= 10.0
+        f_probe, w_probe = gap(probe)
+        candidates.append(w_probe)
+        if f_probe < 0.0:
+            lo, f_lo = probe, f_probe
+    if f_lo < 0.0:  # otherwise u = 0 (to 1e-6 max ||g_t||) is optimal
+        f_hi, w_hi = gap(hi)
+        candidates.append(w_hi)
+        side = 0
+        for _ in range(max_iter):
+            if f_hi <= 0.0 or hi - lo <= tol * largest:
+                break
+            s = (lo * f_hi - hi * f_lo) / (f_hi - f_lo)
+            f_s, w_s = gap(s)
+            candidates.append(w_s)
+            if abs(f_s) <= tol * largest:
+                break
+            if f_s < 0.0:
+                lo, f_lo = s, f_s
+                f_hi = f_hi / 2 if side == -1 else f_hi  # Illinois: no stalled end
+                side = -1
             else:
-                lo, x1, f1 = x1, x2, f2
-                x2 = lo + _GOLDEN * (hi - lo)
-                f2, w2 = inner(x2)
-                candidates.append(w2)
+                hi, f_hi = s, f_s
+                f_lo = f_lo / 2 if side == 1 else f_lo
+                side = 1
     values = [objective(w) for w in candidates]
     return np.asarray(candidates[int(np.argmin(values))], dtype=np.float64)
 
@@ -99,7 +118,7 @@ class CAGrad(GradientAggregator):
     :math:`(1/T + \lambda w^\star_t) / r` with
     :math:`\lambda = c\lVert g_0 \rVert / \lVert g_{w^\star} \rVert`, so
     :math:`d = J^\top w`. The dual is solved by :func:`cagrad_dual` (exact
-    min-norm steps inside a golden-section search; no scipy).
+    min-norm steps inside a one-dimensional root search; no scipy).
 
     Parameters
     ----------
