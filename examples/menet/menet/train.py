@@ -37,6 +37,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -595,7 +596,9 @@ def train_step(
                 b.copy_(saved)
         optimizer.zero_grad(set_to_none=True)
         if scheduler is not None:
-            scheduler.step()
+            with warnings.catch_warnings():  # "scheduler stepped before the optimizer": intended
+                warnings.simplefilter("ignore", UserWarning)
+                scheduler.step()
         return StepResult(
             losses={k: float(v.detach()) for k, v in losses.items()},
             weights={},
