@@ -396,6 +396,17 @@ def render(payload: dict[str, Any]) -> str:
                   f"{t['gflops_per_s']:.1f}"] for t in payload["threads"]]
         lines += ["", f"### Thread settings ({MAIN}, {cfg['big']}, batch 1, fresh processes)", "",
                   markdown_table(["threads", "OMP_WAIT_POLICY", "ms", "GFLOP/s"], trows)]
+        best = min(payload["threads"], key=lambda t: t["median_s"])
+        worst = max(payload["threads"], key=lambda t: t["median_s"])
+        grid_ms = res[f"{MAIN} {cfg['big']} b1"]["median_s"] * 1e3
+        lines += ["", f"Fastest setting here: {best['threads']} thread(s) with "
+                  f"OMP_WAIT_POLICY={best['omp_wait_policy']}, {best['median_s'] * 1e3:.0f} ms "
+                  f"against {grid_ms:.0f} ms for the setting of the grid above "
+                  f"({mach['torch_threads']} threads, {cfg['omp_wait_policy']}); slowest: "
+                  f"{worst['threads']} thread(s) with {worst['omp_wait_policy']}, "
+                  f"{worst['median_s'] * 1e3:.0f} ms. On a machine shared with other jobs, "
+                  "fewer threads than cores can be faster, and threads that busy-wait "
+                  "(ACTIVE) lose most when they outnumber the free cores."]
     if payload.get("notes"):
         lines += ["", *payload["notes"]]
     return "\n".join(lines) + "\n"
@@ -420,10 +431,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSON path")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="Markdown path (default: next to the JSON)")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite the Markdown from the JSON at --out")
     parser.add_argument("--probe", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--probe-size", default="321x481", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.render:
+        json_path = args.out or RESULTS / "speed.json"
+        stored: dict[str, Any] = json.loads(json_path.read_text(encoding="utf-8"))
+        md_path = args.markdown or json_path.with_suffix(".md")
+        md_path.write_text(render(stored), encoding="utf-8")
+        if md_path.resolve() == (RESULTS / "speed.md").resolve():
+            write_docs_results()
+        print(f"wrote {md_path}")
+        return 0
     if args.probe is not None:
         h, w = (int(v) for v in args.probe_size.split("x"))
         return _probe(args.probe, (h, w), args.quick)

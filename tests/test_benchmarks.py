@@ -128,6 +128,16 @@ def test_speed_quick_writes_json(tmp_path: Path) -> None:
     assert {r["variant"] for r in data["study"].values() if r["kind"] == "model"} >= {
         "baseline", "fuse_bn", "channels_last"}
     assert "## Inference speed" in out.with_suffix(".md").read_text()
+    # the thread study's summary names the fastest and the slowest setting
+    data["threads"] = [
+        {"threads": 1, "omp_wait_policy": "PASSIVE", "median_s": 0.1, "gflops_per_s": 2.0},
+        {"threads": 2, "omp_wait_policy": "ACTIVE", "median_s": 0.4, "gflops_per_s": 0.5},
+    ]
+    out.write_text(json.dumps(data))
+    assert speed.main(["--render", "--out", str(out)]) == 0
+    md = out.with_suffix(".md").read_text()
+    assert "Fastest setting here: 1 thread(s) with OMP_WAIT_POLICY=PASSIVE, 100 ms" in md
+    assert "slowest: 2 thread(s) with ACTIVE, 400 ms" in md
 
 
 # ----------------------------------------------------------------------------- quality
