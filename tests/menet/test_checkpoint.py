@@ -96,7 +96,7 @@ def test_truncated_checkpoint_names_the_file(tmp_path: Path) -> None:
     save_checkpoint(path, {"model": MENET(blocks=1).state_dict()})
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="last.ckpt"):
+    with pytest.raises(CheckpointError, match=r"last\.ckpt"):
         load_checkpoint(path)
 
 
@@ -104,7 +104,7 @@ def test_truncated_checkpoint_names_the_file(tmp_path: Path) -> None:
 def test_garbage_checkpoint_names_the_file(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "bad.ckpt"
     path.write_bytes(content)
-    with pytest.raises(CheckpointError, match="bad.ckpt"):
+    with pytest.raises(CheckpointError, match=r"bad\.ckpt"):
         load_checkpoint(path)
 
 
@@ -118,7 +118,7 @@ def test_missing_and_foreign_checkpoints(tmp_path: Path) -> None:
 
 def test_pickled_objects_are_refused(tmp_path: Path) -> None:
     torch.save({"format_version": 1, "obj": Path("x")}, tmp_path / "pickle.ckpt")
-    with pytest.raises(CheckpointError, match="pickle.ckpt"):
+    with pytest.raises(CheckpointError, match=r"pickle\.ckpt"):
         load_checkpoint(tmp_path / "pickle.ckpt")
 
 
@@ -127,8 +127,9 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), gauss=st.booleans())
-def test_rng_state_roundtrip_through_a_file(tmp_path_factory: pytest.TempPathFactory,
-                                            seed: int, gauss: bool) -> None:
+def test_rng_state_roundtrip_through_a_file(
+    tmp_path_factory: pytest.TempPathFactory, seed: int, gauss: bool
+) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
@@ -137,7 +138,9 @@ def test_rng_state_roundtrip_through_a_file(tmp_path_factory: pytest.TempPathFac
         random.gauss(0.0, 1.0)
     path = tmp_path_factory.mktemp("rng") / "rng.ckpt"
     save_checkpoint(path, {"rng": capture_rng_state()})
-    expected = (torch.rand(4), np.random.standard_normal(3), random.gauss(0.0, 1.0), random.random())
+    expected = (
+        torch.rand(4), np.random.standard_normal(3), random.gauss(0.0, 1.0), random.random()
+    )
     torch.manual_seed(seed + 1)
     np.random.seed((seed + 1) % 2**32)
     random.seed(seed + 1)
@@ -189,7 +192,7 @@ def test_load_model_errors_name_the_file(tmp_path: Path) -> None:
         load_model(path, variant="tiny")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
-    with pytest.raises(CheckpointError, match="bad.safetensors"):
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors"):
         load_model(bad)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model(tmp_path / "absent.safetensors")

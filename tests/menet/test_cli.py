@@ -19,7 +19,7 @@ from menet.images import write_image
 from menet.model import MENET
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_pairs  # noqa: E402
+from test_train import make_pairs
 
 TINY = ["--variant", "shallow", "--patches", "random", "--patch-size", "32",
         "--patches-per-image", "2", "--batch-size", "2", "--device", "cpu", "--no-progress"]
@@ -35,7 +35,8 @@ def weights(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     net = MENET.variant("shallow")
     torch.nn.init.zeros_(net.last_conv.weight)  # identity model: output == input
-    return export_weights(net, tmp_path / "w" / "model.safetensors", "shallow")
+    path: Path = export_weights(net, tmp_path / "w" / "model.safetensors", "shallow")
+    return path
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["derain"], ["demo"]])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ def test_tile_spans_cover_the_side_with_the_requested_overlap(
     for start, stop in spans:
         assert stop - start == min(tile, size)
         assert start % align == 0
-    for (a0, a1), (b0, _) in zip(spans, spans[1:], strict=False):
+    for (a0, a1), (b0, _) in itertools.pairwise(spans):
         assert a0 < b0 <= a1 - overlap  # increasing, overlapping by at least `overlap`
 
 

@@ -129,14 +129,16 @@ def test_gb_weights_match_a_direct_computation(shared: str) -> None:
     out, feats = net(x, return_features=True)
     losses = {k: f(out, y) for k, f in fns.items()}
     w(losses, representation=feats if shared == "representation" else None)
-    inputs = {
+    options: dict[str, list[Tensor]] = {
         "last_conv": [net.last_conv.weight],
         "all": list(net.parameters()),
         "representation": [feats],
-    }[shared]
+    }
+    inputs = options[shared]
     g = _task_norms(list(losses.values()), inputs)
     expected = 1 - g / g.sum()
-    torch.testing.assert_close(torch.tensor(list(w.weights.values())), expected, rtol=1e-5, atol=1e-6)
+    got = torch.tensor(list(w.weights.values()))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -171,7 +173,9 @@ def test_config_dict_roundtrip() -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 50), seed=st.integers(0, 2**40), epoch=st.integers(0, 10_000))
-def test_epoch_sampler_is_a_permutation_fixed_by_seed_and_epoch(n: int, seed: int, epoch: int) -> None:
+def test_epoch_sampler_is_a_permutation_fixed_by_seed_and_epoch(
+    n: int, seed: int, epoch: int
+) -> None:
     s = EpochSampler(n, seed)
     s.set_epoch(epoch)
     order = list(s)
@@ -238,21 +242,23 @@ def test_training_writes_log_plots_weights_and_follows_the_schedule(tmp_path: Pa
     assert_same_state(state_tensors(result.model), state_tensors(loaded))
 
 
-class _Crash(Exception):
+class _CrashError(Exception):
     pass
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path: Path, workers: int) -> None:
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(
+    tmp_path: Path, workers: int
+) -> None:
     data = make_pairs(tmp_path / "data")
     straight = train(tiny_config(data, tmp_path / "a", workers=workers))
 
     def crash_after_first_epoch(epoch: int, step: int) -> None:
         if epoch == 1:
-            raise _Crash
+            raise _CrashError
 
     out = tmp_path / "b"
-    with pytest.raises(_Crash):
+    with pytest.raises(_CrashError):
         train(tiny_config(data, out, workers=workers), on_epoch_end=crash_after_first_epoch)
     assert load_checkpoint(out / "last.ckpt")["epoch"] == 1
     assert not (out / "model.safetensors").exists()
@@ -314,7 +320,7 @@ def test_learnable_weighting_parameters_are_optimised(
         def forward(self, losses: Any, *, representation: Tensor | None = None) -> Tensor:
             super().forward(losses, representation=representation)
             vals = list(losses.values())
-            return sum(torch.exp(-s) * v + s for s, v in zip(self.log_w, vals, strict=True))  # type: ignore[return-value]
+            return sum(torch.exp(-s) * v + s for s, v in zip(self.log_w, vals, strict=True))  # type: ignore[no-any-return]
 
     from mtlweight import _registry
 

@@ -17,7 +17,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 __all__ = ["build_parser", "main"]
 
@@ -135,7 +135,10 @@ def _add_train(sub: Any) -> None:
         help=f"mtlweight strategy by name, e.g. gb, lb, fixed (default {d['weighting']})",
     )
     g.add_argument(
-        "--weights", type=_weights, metavar="NAME=W,...", help="fixed weights, e.g. pixel=1,edge=0.01"
+        "--weights",
+        type=_weights,
+        metavar="NAME=W,...",
+        help="fixed weights, e.g. pixel=1,edge=0.01",
     )
     g.add_argument(
         "--gb-shared",
@@ -158,7 +161,9 @@ def _add_train(sub: Any) -> None:
     length = g.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, help=f"training epochs (default {d['epochs']})")
     length.add_argument("--steps", type=int, help="optimizer steps (instead of --epochs)")
-    g.add_argument("--lr", type=float, help=f"initial learning rate, /10 at 40%% (default {d['lr']})")
+    g.add_argument(
+        "--lr", type=float, help=f"initial learning rate, /10 at 40%% (default {d['lr']})"
+    )
     g.add_argument("--seed", type=int, help=f"random seed (default {d['seed']})")
     g.add_argument(
         "--device", help="auto, cpu or cuda[:N] (default auto: CUDA when available)"
@@ -331,13 +336,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    assert result.last is not None or result.step == 0
-    losses = "" if result.last is None else " ".join(
+    losses = "" if result.last is None else "; last losses: " + " ".join(
         f"{k}={v:.4g}" for k, v in result.last.losses.items()
     )
     print(
-        f"trained {result.step} steps ({result.epoch} epochs) in {result.seconds:.0f} s; "
-        f"last losses: {losses}\nweights: {result.weights_file}\nlog: {result.log}"
+        f"trained {result.step} steps ({result.epoch} epochs) in {result.seconds:.0f} s"
+        f"{losses}\nweights: {result.weights_file}\nlog: {result.log}"
     )
     return 0
 
@@ -385,7 +389,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"menet evaluate: {exc}", file=sys.stderr)
         return 2
 
-    protocols = ["paper", "standard"] if args.protocol == "both" else [args.protocol]
+    protocols: list[Literal["paper", "standard"]] = (
+        ["paper", "standard"] if args.protocol == "both" else [args.protocol]
+    )
     described = {
         "paper": "paper protocol (RGB, ten 224x224 crops)",
         "standard": "standard protocol (Y channel, full image)",

@@ -176,17 +176,13 @@ def run_demo(
     held_out = SyntheticRainPairs(images, preset="light", seed=EVAL_RAIN_SEED)
     pairs = [held_out[i] for i in range(len(held_out))]
 
-    class _Named(list[tuple[Tensor, Tensor]]):
-        names = [n for n, _ in images]
-
-    named = _Named(pairs)
-    records = evaluate_pairs(model, named, "standard", progress=False)
+    records = evaluate_pairs(model, held_out, "standard", progress=False)
     std = summarize(records)
     write_csv(records, out / "scores-standard.csv")
     files = [out / "scores-standard.csv"]
     paper: dict[str, float] | None = None
     if settings.paper_protocol:
-        paper_records = evaluate_pairs(model, named, "paper", progress=False)
+        paper_records = evaluate_pairs(model, held_out, "paper", progress=False)
         paper = summarize(paper_records)
         write_csv(paper_records, out / "scores-paper.csv")
         files.append(out / "scores-paper.csv")

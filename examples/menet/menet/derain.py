@@ -30,6 +30,7 @@ True
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
@@ -94,7 +95,7 @@ def tile_spans(size: int, tile: int, overlap: int, align: int = 1) -> list[tuple
         starts = [align * round(k * (size - tile) / ((n - 1) * align)) for k in range(n)]
         starts[-1] = size - tile
         starts = sorted(set(starts))
-        if all(b - a <= tile - overlap for a, b in zip(starts, starts[1:], strict=False)):
+        if all(b - a <= tile - overlap for a, b in itertools.pairwise(starts)):
             return [(s, s + tile) for s in starts]
         n += 1
 
@@ -212,7 +213,9 @@ def derain_image(
     single = image.dim() == 3
     x = image[None] if single else image
     if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"derain_image expects (3, H, W) or (B, 3, H, W); found {tuple(image.shape)}")
+        raise ValueError(
+            f"derain_image expects (3, H, W) or (B, 3, H, W); found {tuple(image.shape)}"
+        )
     model.eval()
     try:
         device = next(model.parameters()).device
@@ -220,7 +223,8 @@ def derain_image(
         device = x.device
 
     def run(t: Tensor) -> Tensor:
-        return model(t.to(device)).to(x.device).float()
+        y: Tensor = model(t.to(device))
+        return y.to(x.device).float()
 
     with torch.inference_mode():
         h, w = x.shape[-2:]
@@ -250,7 +254,9 @@ def collect_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path,
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            )
             pairs += [(f, f.relative_to(p)) for f in files]
         else:
             pairs.append((p, Path(p.name)))
