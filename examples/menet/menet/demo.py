@@ -54,8 +54,8 @@ class DemoSettings:
 
 
 #: The full demo: a few minutes on two CPU cores.
-FULL = DemoSettings(steps=1000, patch_size=64, batch_size=8, rain_repeats=4,
-                    patches_per_image=8, eval_crop=None, paper_protocol=True)
+FULL = DemoSettings(steps=1500, patch_size=64, batch_size=8, rain_repeats=4,
+                    patches_per_image=32, eval_crop=None, paper_protocol=True)
 #: ``--quick``: about 30 s.
 QUICK = DemoSettings(steps=60, patch_size=48, batch_size=4, rain_repeats=1,
                      patches_per_image=8, eval_crop=128, paper_protocol=False)
