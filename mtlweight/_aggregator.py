@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from mtlweight._base import Weighting
 from mtlweight._validation import Losses, check_finite, normalise_losses
 from mtlweight.autograd import as_inputs, task_gradients
+from mtlweight.distributed import is_distributed, world_size
 
 __all__ = ["GradientAggregator"]
 
@@ -95,11 +96,15 @@ class GradientAggregator(Weighting):
     (see :func:`mtlweight.autograd.task_gradients`) and :math:`T P` numbers of
     memory, so pick :math:`\theta` near the output (the last shared layer) or
     pass ``representation=`` (gradients with respect to a shared tensor).
-    Under :mod:`torch.distributed`, :math:`J` is averaged across processes by
-    :meth:`~mtlweight.Weighting.statistic` (one all-reduce of :math:`T P`
-    numbers) before the method sees it, so every rank uses the same
-    :math:`w`, computed from the gradients of the whole batch. The Gram
-    matrix of the last step is kept in ``statistics["gram"]``.
+    Under :mod:`torch.distributed` every rank uses the same :math:`w`,
+    computed from the gradients of the whole batch, through
+    :meth:`~mtlweight.Weighting.statistic`: for shared parameters :math:`J`
+    is averaged across processes (one all-reduce of :math:`T P` numbers);
+    for a representation, whose entries are each rank's own samples, the
+    Gram matrices are averaged instead (and divided by the number of
+    processes, which makes them those of the combined batch for mean
+    losses over equal batches). The Gram matrix of the last step is kept in
+    ``statistics["gram"]``.
 
     Parameters
     ----------
@@ -174,7 +179,8 @@ class GradientAggregator(Weighting):
             names, tensors = normalise_losses(losses)
             if self._pending is None:  # the method reused earlier weights
                 inputs = self._inputs(representation)
-                self._pending = (inputs, self.jacobian(names, tensors, inputs))
+                average = representation is None
+                self._pending = (inputs, self.jacobian(names, tensors, inputs, average=average))
             inputs, jac = self._pending
         finally:
             self._pending = None
@@ -210,19 +216,29 @@ class GradientAggregator(Weighting):
         representation: Tensor | None = None,
     ) -> Tensor:
         inputs = self._inputs(representation)
-        jac = self.jacobian(names, losses, inputs)
+        per_sample = representation is not None
+        jac = self.jacobian(names, losses, inputs, average=not per_sample)
         if self.task_specific == "plain":
             self._pending = (inputs, jac)
         gram = gram_matrix(jac)
+        if per_sample and self.sync and is_distributed():
+            # Each rank's columns are its own samples: Gram matrices add up over
+            # samples. With mean losses over equal batches, the combined batch's
+            # Gram matrix is the mean over ranks divided by their number.
+            gram = self.statistic("gram", gram) / world_size()
         self.statistics["gram"] = gram
         gram_np = gram.cpu().numpy()
         coefficients = self.aggregate((gram_np + gram_np.T) / 2, values)
         return torch.as_tensor(coefficients, dtype=values.dtype, device=values.device)
 
-    def jacobian(self, names: list[str], losses: list[Tensor], inputs: list[Tensor]) -> Tensor:
-        """The ``(T, P)`` task gradients, averaged across processes, checked finite."""
-        jac = self.statistic("jacobian", task_gradients(losses, inputs))
-        del self.statistics["jacobian"]  # T x P numbers: not kept between steps
+    def jacobian(
+        self, names: list[str], losses: list[Tensor], inputs: list[Tensor], *, average: bool = True
+    ) -> Tensor:
+        """The ``(T, P)`` task gradients, checked finite; ``average``: across processes."""
+        jac = task_gradients(losses, inputs)
+        if average:
+            jac = self.statistic("jacobian", jac)
+            del self.statistics["jacobian"]  # T x P numbers: not kept between steps
         acc = torch.float64 if jac.dtype == torch.float64 else torch.float32
         check_finite(names, jac.to(acc).norm(dim=1), "gradient norm")
         return jac

@@ -91,9 +91,11 @@ class Counting(mw.NashMTL):
 
     jacobians = 0
 
-    def jacobian(self, names: list[str], losses: list[Tensor], inputs: list[Tensor]) -> Tensor:
+    def jacobian(
+        self, names: list[str], losses: list[Tensor], inputs: list[Tensor], *, average: bool = True
+    ) -> Tensor:
         self.jacobians += 1
-        return super().jacobian(names, losses, inputs)
+        return super().jacobian(names, losses, inputs, average=average)
 
 
 @pytest.mark.parametrize("task_specific", ["weighted", "plain"])
