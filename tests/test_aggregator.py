@@ -73,6 +73,15 @@ def test_the_jacobian_goes_through_statistic_and_is_not_kept(model: TinyMultiTas
     assert "jacobian" not in recorder.statistics and "gram" in recorder.statistics
 
 
+def test_a_per_sample_jacobian_is_not_averaged(model: TinyMultiTask) -> None:
+    """Rows of a representation's Jacobian are each rank's own samples: only the Gram
+    matrix may be averaged across processes (test_distributed checks it under DDP)."""
+    recorder = Recorder()
+    step = model.step()
+    recorder(step.losses, representation=step.representation)
+    assert "jacobian" not in recorder.statistic_names
+
+
 @pytest.mark.parametrize("representation", [False, True])
 def test_weighted_and_plain_give_the_shared_parameters_the_same_gradient(
     model: TinyMultiTask, representation: bool
