@@ -235,7 +235,12 @@ def _add_derain(sub: Any) -> None:
     p.add_argument("--weights", required=True, metavar="FILE", help="model.safetensors or a .ckpt")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--tile", type=int, default=512, help="tile side, 0 = whole image (default 512)")
-    p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default 32)")
+    p.add_argument(
+        "--overlap",
+        type=int,
+        default=64,
+        help="tile overlap in pixels, blended with a Hann ramp (default 64)",
+    )
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -76,7 +76,7 @@ def tile_spans(size: int, tile: int, overlap: int, align: int = 1) -> list[tuple
     >>> tile_spans(30, 40, 10)
     [(0, 30)]
     >>> tile_spans(96, 48, 16, align=16)
-    [(0, 48), (16, 64), (48, 96)]
+    [(0, 48), (32, 80), (48, 96)]
     """
     if tile < 1 or overlap < 0 or overlap >= tile or align < 1:
         raise ValueError(
@@ -190,7 +190,7 @@ def derain_image(
     image: Tensor,
     *,
     tile: int | None = 512,
-    overlap: int = 32,
+    overlap: int = 64,
     window: str = "hann",
 ) -> Tensor:
     """De-rain one image ``(3, H, W)`` or a batch ``(B, 3, H, W)`` in [0, 1].
@@ -282,7 +282,7 @@ def derain_files(
     out_dir: str | os.PathLike[str],
     *,
     tile: int | None = 512,
-    overlap: int = 32,
+    overlap: int = 64,
     quality: int = 95,
     stderr: TextIO | None = None,
     progress: bool = False,
