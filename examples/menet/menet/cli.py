@@ -173,6 +173,16 @@ def _add_train(sub: Any) -> None:
         action="store_true",
         help="mixed precision: float16 + GradScaler on CUDA, bfloat16 autocast on CPU",
     )
+    g.add_argument(
+        "--compile",
+        metavar="BACKEND",
+        help="torch.compile the model with this backend (e.g. inductor, aot_eager)",
+    )
+    g.add_argument(
+        "--skip-nonfinite",
+        action="store_true",
+        help="skip steps whose losses are NaN/inf instead of stopping",
+    )
 
     g = p.add_argument_group("run")
     g.add_argument("--out", metavar="DIR", help=f"output directory (default {d['out']})")
