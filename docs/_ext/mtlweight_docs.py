@@ -381,7 +381,8 @@ class MenetHelp(SphinxDirective):
 class MenetCommands(SphinxDirective):
     """Shell commands of the MENET tutorial, checked against the real argument parser.
 
-    Each ``python -m menet ...`` command (``\\`` continues a line) is parsed with
+    Each ``python ... -m menet ...`` command (``\\`` continues a line; a launcher
+    such as ``python -m torch.distributed.run ... -m menet`` is allowed) is parsed with
     :func:`menet.cli.build_parser` at build time: an unknown option, a missing
     argument or a bad choice is a warning, hence a failed ``-W`` build. Other lines
     are shown as they are.
@@ -398,9 +399,13 @@ class MenetCommands(SphinxDirective):
         parser = _menet_parser()
         for command in re.sub(r"\\\n\s*", " ", text).split("\n"):
             code = command.split("#", 1)[0].strip()
-            if not code.startswith("python -m menet"):
+            words = shlex.split(code)
+            # `python -m menet ARGS`, or a launcher such as
+            # `python -m torch.distributed.run --nproc_per_node=2 -m menet ARGS`.
+            starts = [i for i in range(len(words) - 1) if words[i : i + 2] == ["-m", "menet"]]
+            if not words or words[0] not in ("python", "python3") or not starts:
                 continue
-            argv = shlex.split(code)[3:]
+            argv = words[starts[-1] + 2 :]
             stderr = io.StringIO()
             try:
                 with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
