@@ -336,9 +336,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 2
     try:
         result = train(config)
-    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+    except (ValueError, OSError, CheckpointError, FloatingPointError) as exc:
+        # OSError: unreadable data, or a full/read-only output folder (the message names
+        # the file); FloatingPointError: a NaN/inf loss (the message names step and task).
         print(f"menet train: {exc}", file=sys.stderr)
         return 2
+    from .distributed import context
+
+    if not context().is_main:  # under torchrun, rank 0 reports for every process
+        return 130 if result.interrupted else 0
     if result.interrupted:
         where = (
             f"the last complete checkpoint is {result.checkpoint}"
@@ -354,9 +360,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     losses = "" if result.last is None else "; last losses: " + " ".join(
         f"{k}={v:.4g}" for k, v in result.last.losses.items()
     )
+    skipped = ""
+    if result.skipped_steps:
+        shown = ", ".join(map(str, result.skipped_steps[:10]))
+        more = ", ..." if len(result.skipped_steps) > 10 else ""
+        skipped = (
+            f"\nskipped {len(result.skipped_steps)} step(s) with non-finite losses: {shown}{more}"
+        )
     print(
         f"trained {result.step} steps ({result.epoch} epochs) in {result.seconds:.0f} s"
-        f"{losses}\nweights: {result.weights_file}\nlog: {result.log}"
+        f"{losses}\nweights: {result.weights_file}\nlog: {result.log}{skipped}"
     )
     return 0
 
