@@ -65,19 +65,6 @@ WORKER = Path(worker.__file__).resolve()
 TASKS = worker.TASKS
 
 # ------------------------------------------------------------------ scenarios
-PENDING = {
-    "representation_jacobian": pytest.mark.xfail(
-        strict=True,
-        reason="the Jacobian with respect to a per-sample representation is averaged element by "
-        "element across ranks, mixing different samples; the Gram matrices should be averaged "
-        "instead (issue 7 report)",
-    ),
-}
-"""Expected failures of a scenario, by key: each must fail until its change lands."""
-
-AFFECTS = {"representation_jacobian": {"exact"}}
-"""Which kinds of test each pending change affects."""
-
 BASE: list[dict[str, Any]] = [
     {"id": "fixed", "strategy": "fixed", "options": {"weights": [1.0, 0.05, 2.0]}, "exact": True},
     {"id": "lb", "strategy": "lb", "exact": True},
@@ -133,8 +120,6 @@ not among them: its draws depend on each process's random state."""
 SOLVERS = {"cagrad", "nash_mtl"}
 """Iterative solvers: equal to the combined-batch run up to their tolerance."""
 
-PENDING_BY_STRATEGY = {"mgda_ub": ["representation_jacobian"]}
-
 LINEAR_BY_STRATEGY = {
     "equal",
     "dwa",
@@ -185,7 +170,6 @@ def _generic_specs(name: str) -> list[dict[str, Any]]:
         if "representation" in str(error):
             spec["representation"] = "inner"
     spec["exact"] = name in EXACT_BY_STRATEGY
-    spec["pending"] = PENDING_BY_STRATEGY.get(name, [])
     spec["linear"] = name in LINEAR_BY_STRATEGY
     if not any(p.requires_grad for p in weighting.parameters()):
         return [spec]
@@ -203,7 +187,7 @@ RUNNABLE = [s for s in SPECS if "skip" not in s]
 
 
 def _params(kind: str, predicate: Any = None) -> list[Any]:
-    """``pytest.param`` per scenario for a test of ``kind``, with its skip and xfail marks."""
+    """``pytest.param`` per scenario for a test of ``kind``, with its skip marks."""
     result = []
     for spec in SPECS:
         if predicate is not None and not predicate(spec):
@@ -211,7 +195,6 @@ def _params(kind: str, predicate: Any = None) -> list[Any]:
         marks: list[Any] = []
         if "skip" in spec:
             marks.append(pytest.mark.skip(reason=spec["skip"]))
-        marks += [PENDING[key] for key in spec.get("pending", []) if kind in AFFECTS[key]]
         result.append(pytest.param(spec["id"], id=spec["id"], marks=marks))
     return result
 
