@@ -35,14 +35,17 @@ Roles
 -----
 ``:test:`tests/path.py::test_name```
     A reference to a test. The build fails (under ``-W``) if the file or the
-    test function does not exist, so the reliability page cannot cite a test
-    that was renamed or removed.
+    test function does not exist, or the file is not committed to git, so the
+    reliability page cannot cite a test that was renamed, removed or never
+    committed.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
+import subprocess
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -423,6 +426,23 @@ class MenetCommands(SphinxDirective):
         return [block]
 
 
+@functools.cache
+def _tracked(relpath: str) -> bool:
+    """Whether git tracks ``relpath`` (``True`` outside a git checkout)."""
+    if not (ROOT / ".git").exists():
+        return True
+    try:
+        proc = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", relpath],
+            cwd=ROOT,
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return True
+    return proc.returncode == 0
+
+
 class TestRole(SphinxRole):
     """``:test:`tests/x.py::test_y``` -- a checked reference to a test."""
 
@@ -433,6 +453,8 @@ class TestRole(SphinxRole):
         problem = ""
         if not path.is_file():
             problem = f"test file {file_part} does not exist"
+        elif not _tracked(file_part):
+            problem = f"test file {file_part} is not committed (a fresh clone would lack it)"
         elif rest:
             source = path.read_text(encoding="utf-8")
             for part in rest.split("::"):
