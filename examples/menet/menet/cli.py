@@ -276,15 +276,23 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
+def _version() -> str:
+    """The installed distribution's version, else the package's ``__version__``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("menet")
+    except metadata.PackageNotFoundError:
+        return str(getattr(sys.modules.get("menet"), "__version__", "unknown"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``menet`` argument parser with its four subcommands."""
-    from . import __version__
-
     parser = argparse.ArgumentParser(
         prog="python -m menet",
         description="MENET single-image de-raining with multi-task loss weighting (mtlweight).",
     )
-    parser.add_argument("--version", action="version", version=f"menet {__version__}")
+    parser.add_argument("--version", action="version", version=f"menet {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
     _add_evaluate(sub)
