@@ -60,6 +60,15 @@ MENET_ROOT = THIS.parents[2] / "examples" / "menet"
 TIMEOUT = 120.0
 
 
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: many times faster on a loaded two-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny(data: Path, out: Path, **kw: Any) -> TrainConfig:
     """2 steps per epoch: 4 pairs x 2 random 32x32 crops, batches of 4, LB weighting."""
     options: dict[str, Any] = dict(
@@ -292,7 +301,7 @@ def test_derain_command_refuses_crafted_weights(tmp_path: Path) -> None:
     weights = crafted_files(tmp_path, marker)[3]  # a torch pickle named model.safetensors
     Image.new("RGB", (20, 20)).save(tmp_path / "photo.png")
     path = os.pathsep.join([str(MENET_ROOT), os.environ.get("PYTHONPATH", "")])
-    env = {**os.environ, "PYTHONPATH": path}
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "menet", "derain", str(tmp_path / "photo.png"),
          "--weights", str(weights), "--out", str(tmp_path / "out"), "--device", "cpu"],
@@ -315,6 +324,26 @@ def test_truncated_training_checkpoint_names_the_file_on_resume(
     (out / "last.ckpt").write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(CheckpointError, match=f"checkpoint {out / 'last.ckpt'} is unreadable"):
         train(tiny(rain100l_folder, out, resume=True))
+
+
+def test_train_command_with_a_truncated_checkpoint_exits_with_the_file_named(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    save_checkpoint(out / "last.ckpt", {"model": MENET.variant("shallow").state_dict()})
+    data = (out / "last.ckpt").read_bytes()
+    (out / "last.ckpt").write_bytes(data[: len(data) // 3])
+    path = os.pathsep.join([str(MENET_ROOT), os.environ.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-m", "menet", "train", "--out", str(out), "--resume", "--no-progress"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 2
+    assert f"checkpoint {out / 'last.ckpt'} is unreadable" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
