@@ -24,6 +24,9 @@ processes resumes on any other number that divides :math:`B`. (With
 BatchNorm the results still differ slightly: each replica normalises with
 the statistics of its own share of the batch.)
 
+Every process reads ``<out>/last.ckpt`` to resume, and only rank 0 writes it:
+on several machines, ``--out`` must be a shared folder.
+
 >>> s = ShardedEpochSampler(10, seed=0, batch_size=4, rank=1, world_size=2)
 >>> s.set_epoch(0); len(s), len(list(s))
 (4, 4)

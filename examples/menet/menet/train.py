@@ -116,7 +116,8 @@ class TrainConfig:
     patches_per_image : int
         Random crops per image per epoch (``patches="random"`` only).
     batch_size : int
-        Patches per step (paper: 20).
+        Patches per step (paper: 20). Under ``torchrun`` this is the global
+        batch: each of the ``N`` processes takes ``batch_size / N`` of them.
     losses : tuple of str
         Subset of :data:`LOSS_NAMES`, in order.
     weighting : str
