@@ -358,3 +358,30 @@ def test_a_run_killed_by_sigkill_resumes_to_the_same_weights(tmp_path: Path) -> 
     a = load_model(tmp_path / "straight" / "model.safetensors")
     b = load_model(out / "model.safetensors")
     assert_same_state(state_tensors(a), state_tensors(b))
+
+
+@settings(max_examples=25, deadline=None)
+@given(values=st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=60), window=st.integers(1, 20))
+def test_moving_average_matches_a_direct_loop(values: list[float], window: int) -> None:
+    from menet.plots import moving_average
+
+    x = np.array(values)
+    expected = [x[max(0, i - window + 1) : i + 1].mean() for i in range(len(x))]
+    np.testing.assert_allclose(moving_average(x, window), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_plots_read_a_log_with_skipped_column(tmp_path: Path) -> None:
+    from menet.plots import plot_training_log, read_log
+
+    log = tmp_path / "log.csv"
+    log.write_text(
+        "step,epoch,lr,loss_pixel,loss_edge,weight_pixel,weight_edge,total,time,skipped\n"
+        "1,0,0.001,0.5,2.0,0.8,0.2,0.8,0.1,0\n2,0,0.001,0.4,1.5,0.7,0.3,0.73,0.2,1\n"
+    )
+    cols = read_log(log)
+    assert cols["loss_edge"].tolist() == [2.0, 1.5]
+    assert [p.name for p in plot_training_log(log, tmp_path)] == [
+        "loss_curves.png", "weight_trajectories.png"]
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match=r"bad\.csv is not a training log"):
+        read_log(tmp_path / "bad.csv")
