@@ -42,13 +42,18 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True)
 def _fresh_dynamo() -> Iterator[None]:
-    """Each test compiles from scratch, and AOTAutograd keeps the saved activations."""
+    """Each test compiles from scratch."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def keep_saved_activations() -> Any:
+    """GB backpropagates through the compiled graph once per task (``retain_graph``):
+    AOTAutograd must not donate the saved activations (``train`` does this itself)."""
     import torch._functorch.config as functorch_config
 
-    torch._dynamo.reset()
-    with functorch_config.patch(donated_buffer=False):
-        yield
-    torch._dynamo.reset()
+    return functorch_config.patch(donated_buffer=False)
 
 
 @pytest.fixture(autouse=True)
@@ -92,6 +97,8 @@ def test_training_steps_compile_the_model_once(weighting: str) -> None:
     fns = build_losses()
     w = build_weighting(weighting, net, list(fns))
     opt = torch.optim.Adam(net.parameters(), 1e-3)
+    stack = contextlib.ExitStack()
+    stack.enter_context(keep_saved_activations())
     for step in range(3):
         g = torch.Generator().manual_seed(step)
         clean = torch.rand(2, 3, 32, 32, generator=g)
@@ -99,6 +106,7 @@ def test_training_steps_compile_the_model_once(weighting: str) -> None:
         r = train_step(compiled, (rainy, clean), fns, w, opt)  # type: ignore[arg-type]
         assert sorted(r.weights) == ["edge", "pixel", "texture"]
         assert sum(r.weights.values()) == pytest.approx(2.0, abs=1e-5)  # GB, LB: T - 1
+    stack.close()
     assert len(backend.graphs) == 1  # one graph, compiled once: no break, no recompilation
 
 
@@ -115,10 +123,14 @@ def _tiny(data: Path, out: Path, **kw: Any) -> TrainConfig:
 def test_compiled_training_matches_eager_training(
     rain100l_folder: Path, tmp_path: Path, weighting: str
 ) -> None:
+    import torch._functorch.config as functorch_config
+
+    donated = functorch_config.donated_buffer
     eager = train(_tiny(rain100l_folder, tmp_path / "eager", weighting=weighting))
     compiled = train(
         _tiny(rain100l_folder, tmp_path / "compiled", weighting=weighting, compile="aot_eager")
     )
+    assert functorch_config.donated_buffer == donated  # train's setting does not leak
     assert compiled.step == eager.step == 2
     assert eager.last is not None and compiled.last is not None
     for name in eager.last.weights:
@@ -166,7 +178,7 @@ def test_inductor_step_matches_eager() -> None:
         ctx = (
             inductor_config.patch(compile_threads=1) if compile_it else contextlib.nullcontext()
         )
-        with ctx:
+        with ctx, keep_saved_activations():
             try:
                 results.append(train_step(run, (x, y), fns, w, opt))
             except Exception as exc:  # a broken toolchain: not MENET's concern

@@ -804,16 +804,12 @@ def _train(
     if ckpt is not None:  # before DDP, which broadcasts rank 0's parameters anyway
         net.load_state_dict(ckpt["model"])
     model: nn.Module = net
+    restore = contextlib.ExitStack()  # global settings changed while training only
     if world_size > 1:
         model = DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
     if config.compile is not None:
-        # GB differentiates the compiled graph once per task (retain_graph): AOTAutograd
-        # must not donate (free) the saved activations after the first backward.
-        import torch._functorch.config as functorch_config
-
-        functorch_config.donated_buffer = False
         model = torch.compile(model, backend=config.compile)  # type: ignore[assignment]
 
     dataset = build_dataset(config)
@@ -915,6 +911,13 @@ def _train(
         saved = ckpt_path
 
     try:
+        if config.compile is not None:
+            # GB differentiates the compiled graph once per task (retain_graph), so
+            # AOTAutograd must not donate (free) the saved activations after the first
+            # backward; restored in ``finally``.
+            import torch._functorch.config as functorch_config
+
+            restore.enter_context(functorch_config.patch(donated_buffer=False))
         while step < total_steps:
             sampler.set_epoch(epoch)
             if hasattr(dataset, "set_epoch"):  # new random crops each epoch
@@ -970,6 +973,7 @@ def _train(
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        restore.close()
         bar.close()
         if log is not None:
             log.close()
