@@ -274,6 +274,7 @@ def crafted_files(folder: Path, marker: Path) -> list[Path]:
     return files
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_a_crafted_pickle_is_refused_and_never_run(tmp_path: Path) -> None:
     marker = tmp_path / "PWNED"
     assert not marker.exists()
