@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+from torch import Tensor, nn
 
 from mtlweight._base import Weighting
 from mtlweight._fixed import Fixed
@@ -38,25 +42,45 @@ def register(name: str, cls: type[Weighting], *aliases: str) -> None:
         _ALIASES[_key(alias)] = key
 
 
-def get(name: str, **options: Any) -> Weighting:
+def get(
+    name: str,
+    *,
+    shared: nn.Module | Iterable[Tensor] | None = None,
+    tasks: Sequence[str] | None = None,
+    **options: Any,
+) -> Weighting:
     """Build the strategy registered as ``name`` with keyword ``options``.
 
     Names are case-insensitive and ``-``/``_`` are interchangeable; see
     :func:`available`.
 
+    ``shared`` (the shared parameters) and ``tasks`` (the task names) are
+    *context*: each is passed only to the strategies whose constructor takes
+    it by name (``shared`` to GB, GradNorm and the gradient-level methods,
+    ``tasks`` to the strategies with learnable per-task parameters), so one
+    call site, such as a command line, can build any strategy by name.
+
     Examples
     --------
-    >>> import mtlweight as mw
+    >>> import torch, mtlweight as mw
     >>> mw.get("lb")
     LossBalance()
     >>> mw.get("fixed", weights={"pixel": 1.0, "edge": 0.01})
     Fixed(tasks=['pixel', 'edge'])
+    >>> head = torch.nn.Linear(4, 2)
+    >>> [type(mw.get(n, shared=head, tasks=["a", "b"])).__name__ for n in ("gb", "lb", "uw")]
+    ['GradientBalance', 'LossBalance', 'UncertaintyWeighting']
     """
     key = _key(name)
     key = _ALIASES.get(key, key)
     if key not in _REGISTRY:
         raise ValueError(f"unknown weighting {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[key](**options)
+    cls = _REGISTRY[key]
+    takes = inspect.signature(cls).parameters
+    for option, value in (("shared", shared), ("tasks", tasks)):
+        if value is not None and option in takes:
+            options[option] = value
+    return cls(**options)
 
 
 def available() -> list[str]:

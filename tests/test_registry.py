@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from helpers import TinyMultiTask
@@ -109,3 +111,14 @@ def test_register_type_check(bad: object) -> None:
     with pytest.raises(TypeError, match=r"is not a subclass of mtlweight.Weighting"):
         mw.register("bad", bad)  # type: ignore[arg-type]
     assert "bad" not in mw.available()
+
+
+@pytest.mark.parametrize("name", [n for n in mw.available() if n != "fixed"])
+def test_every_strategy_builds_from_context(name: str) -> None:
+    """One call site builds any strategy by name: ``shared`` and ``tasks`` go where they fit."""
+    head = torch.nn.Linear(3, 2)
+    weighting = mw.get(name, shared=head, tasks=["a", "b"])
+    assert isinstance(weighting, mw.Weighting)
+    if "shared" in inspect.signature(type(weighting)).parameters:
+        assert weighting._shared == list(head.parameters())  # type: ignore[attr-defined]
+
