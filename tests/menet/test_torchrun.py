@@ -7,7 +7,7 @@
   resumes in one process, eagerly (2 -> 1);
 * a NaN in one rank's batch: by default every rank stops with the step and the
   task named (no rank hangs); with ``skip_nonfinite`` every rank skips that
-  step together and the replicas stay identical;
+  step together and the replicas stay identical (GB on the representation);
 * :class:`menet.distributed.ShardedEpochSampler`: the processes' shares of a
   step are exactly the single-process batch of that step, whatever the number
   of processes.
@@ -272,7 +272,12 @@ def test_skip_nonfinite_skips_the_step_on_every_rank_together(
 ) -> None:
     from menet.checkpoint import load_checkpoint
 
-    options = {**tiny_options(rain100l_folder, tmp_path / "run"), "skip_nonfinite": True}
+    # GB on the representation (the output of the last convolution) under DDP as well
+    options = {
+        **tiny_options(rain100l_folder, tmp_path / "run"),
+        "skip_nonfinite": True,
+        "gb_shared": "representation",
+    }
     run = worker(options, "nan", tmp_path / "w", tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     from menet.train import EpochSampler
