@@ -107,11 +107,13 @@ def write_docs_results(out: Path | None = None) -> Path:
     """Assemble ``docs/_generated/results.md`` from the Markdown files under ``results/``.
 
     Sections, in order, for those present: ``overhead.md``, ``speed.md``,
-    ``quality.md`` (each starts with its own ``##`` heading).
+    ``quality.md``, ``quality-long.md`` (a longer-budget run of some rows, made
+    with ``quality.py --out results/quality-long.json``); each starts with its
+    own ``##`` heading.
     """
     path = out if out is not None else DOCS_RESULTS
     parts: list[str] = []
-    for name in ("overhead", "speed", "quality"):
+    for name in ("overhead", "speed", "quality", "quality-long"):
         md = RESULTS / f"{name}.md"
         if md.is_file():
             parts += [md.read_text(encoding="utf-8").rstrip(), ""]

@@ -242,7 +242,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
     datasets = [d for d in (DATASETS[k] for k in "LH") if d in table]
     seeds = ", ".join(str(s) for s in cfg["seeds"])
     out = [
-        "## Quality under a fixed budget (Table I at small scale)",
+        f"## Quality under a fixed budget (Table I at small scale, {cfg['steps']} steps)",
         "",
         f"Measured {mach['date']} on {mach['cpu']} ({mach['logical_cpus']} logical CPUs, "
         f"{cfg['threads']} torch threads, torch {mach['torch']}). Budget per run: "
@@ -300,7 +300,10 @@ def render_markdown(payload: dict[str, Any]) -> str:
         out += ["", "### Rows that do not yet beat the rainy input", "", *worse]
     out += ["", "Rows 1-2 have no channel attention and rows 3-4 have it, as in the paper's "
             "Table I, so rows 3-4 against row 1 measure losses, weighting and attention "
-            "together. With two seeds the spread is a rough estimate."]
+            "together. "
+            + ("One seed: no spread, so no difference can be called significant."
+               if len(cfg["seeds"]) == 1 else
+               f"With {len(cfg['seeds'])} seeds the spread is a rough estimate.")]
     return "\n".join(out) + "\n"
 
 
