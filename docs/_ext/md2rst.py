@@ -68,9 +68,12 @@ def inline(text: str) -> str:
         if m.group("code") is not None:
             markup = _literal(m.group("codebody"))
         elif m.group("bold") is not None or m.group("bold2") is not None:
-            markup = "**" + _escape(m.group("bold") or m.group("bold2")) + "**"
+            body = m.group("bold") or m.group("bold2")
+            # reST cannot nest a literal in bold: keep the literals, drop the bold.
+            markup = inline(body) if "`" in body else "**" + _escape(body) + "**"
         elif m.group("em") is not None or m.group("em2") is not None:
-            markup = "*" + _escape(m.group("em") or m.group("em2")) + "*"
+            body = m.group("em") or m.group("em2")
+            markup = inline(body) if "`" in body else "*" + _escape(body) + "*"
         elif m.group("url") is not None:
             url = m.group("url")
             label = _escape(m.group("text")).replace("<", "\\<")

@@ -17,7 +17,8 @@ Directives
     that exists is used. With
     ``:optional:``, a missing file shows the directive's content instead.
     With ``:sections:``, ``##`` headings become sections (``#`` is skipped: the
-    page has its own title); otherwise every heading is a rubric.
+    page has its own title); otherwise every heading is a rubric (``:no-title:``
+    skips the ``#`` heading there too).
 ``.. optional-figure:: PATH [PATH ...]``
     A figure (path relative to ``docs/``) that is shown if the file exists (the
     first of several that exists); otherwise the directive's content is shown.
@@ -283,6 +284,7 @@ class IncludeMarkdown(SphinxDirective):
     option_spec: ClassVar[dict[str, Any]] = {
         "optional": directives.flag,
         "sections": directives.flag,
+        "no-title": directives.flag,
     }
 
     def run(self) -> list[nodes.Node]:
@@ -297,9 +299,10 @@ class IncludeMarkdown(SphinxDirective):
             self.state.nested_parse(self.content, self.content_offset, node)
             return list(node.children)
         text = path.read_text(encoding="utf-8")
-        if "sections" in self.options:
+        if "sections" in self.options or "no-title" in self.options:
             # The page has its own title: drop the file's level-1 heading.
-            text = re.sub(r"\A\s*#\s[^\n]*\n", "", text)
+            text = re.sub(r"\A\s*(<!--.*?-->\s*)?#\s[^\n]*\n", "", text, flags=re.S)
+        if "sections" in self.options:
             rst = md_to_rst(text, heading=_section_heading)
         else:
             rst = md_to_rst(text)
