@@ -581,15 +581,6 @@ def test_derain_converts_odd_images_and_reports_bad_ones_by_name(
     assert read_bit_depth(written["grey16.png"]) == 16  # 16-bit in, 16-bit out
 
 
-HUGE_PENDING = pytest.mark.xfail(
-    strict=True,
-    reason="menet.images._open and PairedFolder._check_pair don't catch PIL's "
-    "DecompressionBombError (not an OSError), so the error neither names the file nor lets "
-    "derain go on with the other files (change requested in the issue-7 report)",
-)
-
-
-@HUGE_PENDING
 def test_a_decompression_bomb_in_derain_is_reported_by_name(
     small_net: MENET, tmp_path: Path
 ) -> None:
@@ -602,7 +593,6 @@ def test_a_decompression_bomb_in_derain_is_reported_by_name(
     assert report.failed and report.failed[0][0] == bomb and str(bomb) in report.failed[0][1]
 
 
-@HUGE_PENDING
 def test_a_decompression_bomb_in_a_training_folder_is_named(rain100l_folder: Path) -> None:
     bomb = png_with_size(rain100l_folder / "rain" / "rain-001.png", 100_000, 100_000)
     with pytest.raises(ValueError, match=str(bomb)):

@@ -230,7 +230,7 @@ class PairedFolder(Dataset[Pair]):
             try:
                 with Image.open(p) as img:
                     sizes.append(img.size)
-            except (OSError, ValueError) as err:
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
                 raise ValueError(f"cannot read image {p}: {err}") from err
         if sizes[0] != sizes[1]:
             raise ValueError(

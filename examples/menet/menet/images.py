@@ -52,6 +52,11 @@ def _open(path: Path) -> Image.Image:
     try:
         img = Image.open(path)
         img.load()
+    except Image.DecompressionBombError as err:  # not an OSError
+        raise ValueError(
+            f"cannot read image {path}: it is larger than Pillow's safety limit of "
+            f"{Image.MAX_IMAGE_PIXELS} pixels ({err})"
+        ) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
     return img
