@@ -21,24 +21,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see speed.py
+
 import torch
 import torch.nn.functional as F
 
 import mtlweight as mw
-from menet import MENET
+from menet.model import MENET
 
-from _common import interleaved_medians, machine, markdown_table, write_json
+from _common import (
+    RESULTS,
+    interleaved_medians,
+    machine,
+    markdown_table,
+    write_docs_results,
+    write_json,
+)
 
 TARGETS = {"lb": 1.02, "gb_last": 1.10, "gb_repr": 1.05}
 CORE = ["fixed", "lb", "gb_last", "gb_all", "gb_repr"]
-# Options a registered strategy needs that cannot be guessed generically.
-NEEDS_SHARED = {"gradnorm", "pcgrad", "mgda", "cagrad", "imtl_g", "nash_mtl", "aligned_mtl", "gb"}
+TASKS = ["pixel", "edge", "texture"]
 
 
 def _weighting(name: str, model: MENET) -> tuple[mw.Weighting, bool]:
@@ -52,11 +61,9 @@ def _weighting(name: str, model: MENET) -> tuple[mw.Weighting, bool]:
     if name == "gb_repr":
         return mw.GradientBalance(), True
     if name == "mgda_ub":
-        return mw.get("mgda"), True
-    options: dict[str, object] = {}
-    if name in NEEDS_SHARED:
-        options["shared"] = model.last_conv
-    return mw.get(name, **options), False
+        return mw.get(name), True
+    # Strategies that take shared parameters get the last convolution, as GB.
+    return mw.get(name, shared=model.last_conv, tasks=TASKS), False
 
 
 def make_step(
@@ -104,14 +111,14 @@ def peak_memory(name: str, device: torch.device, batch: int, patch: int) -> floa
 
 
 def run(device: torch.device, methods: list[str], batch: int, patch: int, repeats: int,
-        warmup: int) -> dict[str, dict[str, float]]:
+        warmup: int, memory: bool = True) -> dict[str, dict[str, float]]:
     steps = {m: make_step(m, device, batch, patch) for m in methods}
     times = interleaved_medians(steps, repeats=repeats, warmup=warmup, device=device)
     base = times["fixed"]["median_s"]
-    memory = {m: peak_memory(m, device, batch, patch) for m in methods}
+    peaks = {m: peak_memory(m, device, batch, patch) if memory else float("nan") for m in methods}
     return {
-        m: {**times[m], "ratio": times[m]["median_s"] / base, "peak_mib": memory[m],
-            "memory_ratio": memory[m] / memory["fixed"]}
+        m: {**times[m], "ratio": times[m]["median_s"] / base, "peak_mib": peaks[m],
+            "memory_ratio": peaks[m] / peaks["fixed"]}
         for m in methods
     }
 
@@ -127,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--quick", action="store_true", help="batch 2, patch 32, 3 repeats")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON path (default: results/overhead.json, with overhead.md and the "
+                        "docs' results page)")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -142,10 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         args.batch, args.patch, args.repeats, args.warmup = 2, 32, 3, 1
     methods = list(args.methods or CORE)
     if args.all:
-        extra = ["mgda_ub" if n == "mgda" else n for n in mw.available()]
-        methods += [n for n in extra if n not in ("gb", "fixed") and n not in methods]
-        if "mgda" in mw.available():
-            methods.append("mgda")
+        methods += [n for n in mw.available() if n not in ("gb", "fixed") and n not in methods]
     if "fixed" not in methods:
         methods.insert(0, "fixed")
     devices = [torch.device("cpu")]
@@ -158,10 +165,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"machine: {json.dumps(machine())}")
     results: dict[str, object] = {}
+    sections: list[str] = []
     for device in devices:
         print(f"\n{device.type}: batch {args.batch}, patch {args.patch}, "
               f"{args.repeats} interleaved repeats after {args.warmup} warm-up")
-        res = run(device, methods, args.batch, args.patch, args.repeats, args.warmup)
+        res = run(device, methods, args.batch, args.patch, args.repeats, args.warmup,
+                  memory=not args.no_memory)
         results[device.type] = res
         rows = []
         for m, r in res.items():
@@ -170,13 +179,34 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([m, f"{r['median_s'] * 1e3:.1f}", f"{r['ratio']:.3f}",
                          f"{r['peak_mib']:.0f}", f"{r['memory_ratio']:.3f}",
                          "" if target is None else f"<= {target:.2f} {verdict}"])
-        print(markdown_table(["strategy", "step ms (median)", "time vs fixed", "peak MiB",
-                              "memory vs fixed", "target"], rows))
+        table = markdown_table(["strategy", "step ms (median)", "time vs fixed", "peak MiB",
+                                "memory vs fixed", "target"], rows)
+        print(table)
+        sections += [f"### {device.type.upper()}", "", table, ""]
     config = {"batch": args.batch, "patch": args.patch, "repeats": args.repeats,
               "warmup": args.warmup, "model": "MENET shallow-ca (8 blocks + attention)"}
     path = write_json("overhead", {"config": config, "results": results, "targets": TARGETS},
                       args.out)
     print(f"\nwrote {path}")
+    if args.out is None:
+        mach = machine()
+        header = [
+            "## Overhead of the weighting strategies (one MENET training step)",
+            "",
+            f"Measured {mach['date']} on {mach['cpu']} ({mach['logical_cpus']} logical CPUs, "
+            f"{mach['torch_threads']} torch threads, torch {mach['torch']}"
+            f"{', ' + mach['cuda'] if mach['cuda'] else ''}). One step = forward, the three "
+            "losses, the weighting, backward and an Adam step on MENET shallow-ca, batch "
+            f"{args.batch}, patch {args.patch}; medians of {args.repeats} interleaved "
+            f"repetitions after {args.warmup} warm-up, each strategy as a ratio to Fixed in "
+            "the same run. Strategies that take shared parameters use the last convolution "
+            "(as GB); `gb_all` uses every parameter, `gb_repr` and `mgda_ub` the output of "
+            "the last convolution. CPU peak memory is the peak resident set of a fresh "
+            "process running three steps.",
+            "",
+        ]
+        (RESULTS / "overhead.md").write_text("\n".join(header + sections), encoding="utf-8")
+        write_docs_results()
     return 0
 
 

@@ -19,6 +19,10 @@ from helpers import TinyMultiTask
 
 TASKS = ("pixel", "edge", "texture")
 
+# Tests use tiny tensors, where a second intra-op thread costs more than it
+# brings, and pytest-xdist already runs one worker per core.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
