@@ -125,7 +125,6 @@ class GradientAggregator(Weighting):
     """
 
     default_task_specific: TaskSpecific = "weighted"
-    needs_representation: bool = False
 
     def __init__(
         self,

@@ -62,11 +62,15 @@ class Weighting(nn.Module, ABC):
     -----
     Subclasses implement :meth:`compute_weights`. Class attribute
     ``min_tasks`` is the smallest number of tasks a strategy accepts;
-    ``stateful`` strategies fix the task names at the first call.
+    ``stateful`` strategies fix the task names at the first call;
+    ``needs_representation`` strategies must be called with
+    ``representation=``, so generic training code can tell.
     """
 
     min_tasks: int = 1
     stateful: bool = False
+    #: True for strategies that must be called with ``representation=`` (MGDA-UB).
+    needs_representation: bool = False
     _why_min_tasks: str = ""
 
     def __init__(

@@ -338,8 +338,10 @@ def test_a_run_killed_by_sigkill_resumes_to_the_same_weights(tmp_path: Path) -> 
     common = ["--data", str(data), "--variant", "shallow", "--patches", "random",
               "--patch-size", "32", "--patches-per-image", "2", "--batch-size", "2",
               "--steps", "6", "--device", "cpu", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(mtrain.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    # The same intra-op thread count as this process: float sums depend on it.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()),
+           "PYTHONPATH": os.pathsep.join(
+               [str(Path(mtrain.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "menet", "train", *common, "--out", str(out)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

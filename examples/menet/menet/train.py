@@ -382,8 +382,9 @@ def build_weighting(
 ) -> mw.Weighting:
     """Build an :mod:`mtlweight` strategy by registry name for ``model``.
 
-    Strategies whose constructor takes ``shared`` (GB and other gradient-based
-    ones) get ``model.last_conv`` (``gb_shared="last_conv"``, the original),
+    Strategies whose constructor takes ``tasks`` (those with learnable per-task
+    parameters) get the loss names; those that take ``shared`` (GB and other
+    gradient-based ones) get ``model.last_conv`` (``gb_shared="last_conv"``, the original),
     the whole ``model`` (``"all"``) or nothing (``"representation"``: the
     training step then passes ``representation=features``). ``"fixed"`` gets
     ``weights`` by loss name, 1.0 for the losses not mentioned.
@@ -405,12 +406,8 @@ def build_weighting(
         "all": model,
         "representation": None,
     }[gb_shared]
-    try:
-        return mw.get(name, shared=shared, **opts)
-    except TypeError as exc:  # the strategy has no notion of shared parameters
-        if "shared" not in str(exc):
-            raise
-    return mw.get(name, **opts)
+    # The registry passes ``shared`` and ``tasks`` only to strategies that take them.
+    return mw.get(name, shared=shared, tasks=list(losses), **opts)
 
 
 def build_dataset(config: TrainConfig) -> Dataset[tuple[Tensor, Tensor]]:
@@ -532,7 +529,11 @@ def train_step(
     loss_fns : Mapping[str, nn.Module]
         Loss modules by task name (see :func:`build_losses`).
     weighting : mtlweight.Weighting
-        Turns the losses into the total :math:`\\sum_t \\operatorname{sg}(w_t) L_t`.
+        Backpropagates the losses with ``weighting.backward(losses)``, the
+        convention of every strategy (loss- and gradient-level); with a
+        ``scaler``, ``scaler.scale(weighting(losses)).backward()`` instead,
+        which the gradient-level methods in ``task_specific="plain"`` mode
+        (PCGrad's default) cannot do.
     optimizer, scheduler
         Stepped once each (the scheduler per iteration).
     representation : bool
@@ -553,7 +554,8 @@ def train_step(
     Returns
     -------
     StepResult
-        Unweighted loss values, the weights used and the weighted total.
+        Unweighted loss values, the weights used and the weighted total
+        :math:`\\sum_t w_t L_t`.
 
     Raises
     ------
@@ -587,8 +589,14 @@ def train_step(
             out, features = model(rainy), None
     out = out.float()
     losses = {name: fn(out, clean) for name, fn in loss_fns.items()}
+    optimizer.zero_grad(set_to_none=True)
     try:
-        total = weighting(losses, representation=features)
+        if scaler is None:
+            # The one convention every strategy supports, gradient-level ones
+            # (PCGrad, ...) included: it leaves the right .grad everywhere.
+            weighting.backward(losses, representation=features)
+        else:
+            scaled = scaler.scale(weighting(losses, representation=features))
     except FloatingPointError:
         if not skip_nonfinite:
             raise
@@ -606,20 +614,18 @@ def train_step(
             total=float("nan"),
             skipped=True,
         )
-    optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
-        scaler.scale(total).backward()
+        scaled.backward()
         scaler.step(optimizer)
         scaler.update()
     else:
-        total.backward()
         optimizer.step()
     if scheduler is not None:
         scheduler.step()
     return StepResult(
         losses={k: float(v.detach()) for k, v in losses.items()},
         weights=weighting.weights,
-        total=float(total.detach()),
+        total=sum(weighting.weights[k] * float(v.detach()) for k, v in losses.items()),
     )
 
 
@@ -800,7 +806,7 @@ def _train(
         gb_shared=config.gb_shared,
         options=config.weighting_options,
     ).to(device)
-    representation = config.gb_shared == "representation"
+    representation = config.gb_shared == "representation" or weighting.needs_representation
     if ckpt is not None:  # before DDP, which broadcasts rank 0's parameters anyway
         net.load_state_dict(ckpt["model"])
     model: nn.Module = net
