@@ -14,6 +14,13 @@ The metric functions themselves take images on the scale of ``data_range``
 so ``psnr(a, b, data_range=1.0) == psnr(255·a, 255·b)``).
 """
 
+from menet.checkpoint import (
+    CheckpointError,
+    export_weights,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
 from menet.data import (
     PairedFolder,
     RandomCropPairs,
@@ -24,6 +31,8 @@ from menet.data import (
     ten_crop,
     ten_crops,
 )
+from menet.demo import run_demo
+from menet.derain import apply_tiled, derain_files, derain_image
 from menet.evaluate import (
     ImageRecord,
     evaluate_pairs,
@@ -36,7 +45,9 @@ from menet.evaluate import (
 from menet.images import quantize, read_bit_depth, read_image, write_image
 from menet.metrics import psnr, rgb_to_y, ssim
 from menet.model import MENET, VARIANTS, depth_to_space, pad_to_multiple, space_to_depth
+from menet.plots import plot_training_log
 from menet.rain import PRESETS, RainParams, rain_layer, synthesize_rain
+from menet.train import TrainConfig, build_losses, build_weighting, train_step
 
 __version__ = "0.1.0"
 
@@ -44,25 +55,38 @@ __all__ = [
     "MENET",
     "PRESETS",
     "VARIANTS",
+    "CheckpointError",
     "ImageRecord",
     "PairedFolder",
     "RainParams",
     "RandomCropPairs",
     "SyntheticRainPairs",
     "TenCropPairs",
+    "TrainConfig",
+    "apply_tiled",
+    "build_losses",
+    "build_weighting",
     "builtin_images",
     "depth_to_space",
+    "derain_files",
+    "derain_image",
     "evaluate_pairs",
+    "export_weights",
+    "load_checkpoint",
+    "load_model",
     "load_split",
     "pad_to_multiple",
     "plot_psnr_histogram",
     "plot_ssim_box",
+    "plot_training_log",
     "psnr",
     "quantize",
     "rain_layer",
     "read_bit_depth",
     "read_image",
     "rgb_to_y",
+    "run_demo",
+    "save_checkpoint",
     "save_grid",
     "space_to_depth",
     "ssim",
@@ -70,8 +94,7 @@ __all__ = [
     "synthesize_rain",
     "ten_crop",
     "ten_crops",
+    "train_step",
     "write_csv",
     "write_image",
 ]
-# Part 2 (training / CLI / checkpoints / tiled de-raining / demo): its public names
-# are added below this line by the lead.
