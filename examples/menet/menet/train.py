@@ -58,7 +58,7 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from .distributed import ShardedEpochSampler, on_rank0
+from .distributed import ShardedEpochSampler, barrier, on_rank0
 from .distributed import cleanup as dist_cleanup
 from .distributed import setup as dist_setup
 from .model import MENET, VARIANTS
@@ -759,7 +759,11 @@ def train(
     if ctx.enabled and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", ctx.local_rank)
     try:
-        return _train(config, device, ctx.rank, ctx.world_size, on_epoch_end)
+        result = _train(config, device, ctx.rank, ctx.world_size, on_epoch_end)
+        # Leave together: a rank that exits while another still talks to gloo
+        # can abort ("terminate called without an active exception").
+        barrier()
+        return result
     finally:
         if ctx.enabled and owns_group:
             dist_cleanup()
