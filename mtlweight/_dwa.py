@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from mtlweight._base import Weighting
+from mtlweight._validation import check_non_negative
 
 __all__ = ["DynamicWeightAverage"]
 
@@ -94,13 +95,7 @@ class DynamicWeightAverage(Weighting):
         *,
         representation: Tensor | None = None,
     ) -> Tensor:
-        negative = values < 0
-        if bool(negative.any()):
-            i = int(negative.nonzero()[0])
-            raise ValueError(
-                f"DynamicWeightAverage needs non-negative losses; loss of task {names[i]!r} is "
-                f"{float(values[i])}"
-            )
+        check_non_negative(names, values, "DynamicWeightAverage")
         assert self.tasks is not None
         ordered = names == self.tasks
         current = self.statistic("loss", values)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from mtlweight._base import Weighting, balance
+from mtlweight._validation import check_non_negative
 
 __all__ = ["LossBalance"]
 
@@ -68,11 +69,5 @@ class LossBalance(Weighting):
         *,
         representation: Tensor | None = None,
     ) -> Tensor:
-        negative = values < 0
-        if bool(negative.any()):
-            i = int(negative.nonzero()[0])
-            raise ValueError(
-                f"LossBalance needs non-negative losses; loss of task {names[i]!r} is "
-                f"{float(values[i])}"
-            )
+        check_non_negative(names, values, "LossBalance")
         return balance(self.statistic("loss", values))

@@ -97,3 +97,14 @@ def check_min_tasks(names: Sequence[str], minimum: int, strategy: str, why: str 
             f"{strategy} needs at least {minimum} tasks{reason}; found {len(names)} "
             f"({list(names)})"
         )
+
+
+def check_non_negative(names: Sequence[str], values: Tensor, strategy: str) -> None:
+    """Raise ``ValueError`` naming the first task whose loss is negative."""
+    negative = values < 0
+    if bool(negative.any()):
+        i = int(negative.nonzero()[0])
+        raise ValueError(
+            f"{strategy} needs non-negative losses; loss of task {names[i]!r} is "
+            f"{float(values[i])}"
+        )
