@@ -80,7 +80,12 @@ def gram_matrix(x: Tensor, patch_size: int = 4) -> Tensor:
 
 
 def texture_matching_loss(
-    pred: Tensor, target: Tensor, patch_size: int = 4, reduction: str = "mean"
+    pred: Tensor,
+    target: Tensor,
+    patch_size: int = 4,
+    reduction: str = "mean",
+    *,
+    normalize: bool = True,
 ) -> Tensor:
     r"""Texture matching loss :math:`L_t` of MENET (eqs. 7-8), normalised.
 
@@ -99,6 +104,13 @@ def texture_matching_loss(
     - :math:`P(x) \in \mathbb{R}^{CK^2 \times M}` holds the non-overlapping
       :math:`K \times K` patches as columns and :math:`G` is :func:`gram_matrix`;
     - :math:`\lVert\cdot\rVert_F` is the Frobenius norm.
+
+    With ``normalize=False`` the factor :math:`1/(CK^2)^2` is left out: the loss is
+    the *sum* of the squared differences of the Gram entries,
+    :math:`\lVert G(\hat y_b) - G(y_b) \rVert_F^2`, :math:`(CK^2)^2` times larger
+    (2304 for RGB and :math:`K = 4`). The scale of a loss changes what the
+    gradient-balanced weighting does (its weights depend on the gradient norms),
+    which is why MENET's recipes name the choice.
 
     The paper writes :math:`\lVert G(P(y)) - G(P(\hat y)) \rVert^2` with :math:`G = PP^\top`,
     which is :math:`(CK^2 M)^2 L_t` (about :math:`2.3 \cdot 10^{10} L_t` on 224 x 224 RGB
@@ -121,6 +133,8 @@ def texture_matching_loss(
         :math:`K`, 4 in the paper.
     reduction : {'mean', 'sum', 'none'}
         Over the batch: ``'none'`` gives the per-image losses, shape (B,).
+    normalize : bool
+        Divide by the number of Gram entries :math:`(CK^2)^2` (default), or not.
 
     Returns
     -------
@@ -142,13 +156,20 @@ def texture_matching_loss(
     >>> # Every Gram entry of an all-ones image is 1, of an all-zeros image 0.
     >>> texture_matching_loss(torch.zeros(1, 3, 8, 8), torch.ones(1, 3, 8, 8))
     tensor(1.)
+    >>> texture_matching_loss(torch.zeros(1, 3, 8, 8), torch.ones(1, 3, 8, 8), normalize=False)
+    tensor(2304.)
     """
+    if not isinstance(normalize, bool):
+        raise TypeError(
+            f"texture_matching_loss: `normalize` must be a bool, found {type(normalize).__name__}"
+        )
     pred, target = check_image_pair(pred, target, loss="texture_matching_loss")
     k = _check_patch_size(patch_size, "texture_matching_loss")
     red = check_reduction(reduction, loss="texture_matching_loss")
     _check_tiling(pred, k, "texture_matching_loss")
     with full_precision(pred.device):
-        per_image = (_gram(pred, k) - _gram(target, k)).square().mean(dim=(1, 2))
+        squared = (_gram(pred, k) - _gram(target, k)).square()
+        per_image = squared.mean(dim=(1, 2)) if normalize else squared.sum(dim=(1, 2))
         return reduce(per_image, red).to(pred.dtype)
 
 
@@ -163,6 +184,8 @@ class TextureMatchingLoss(nn.Module):
         :math:`K`, 4 in the paper.
     reduction : {'mean', 'sum', 'none'}
         As in :func:`texture_matching_loss`.
+    normalize : bool
+        As in :func:`texture_matching_loss`.
 
     Examples
     --------
@@ -172,13 +195,23 @@ class TextureMatchingLoss(nn.Module):
     tensor([0., 0.])
     """
 
-    def __init__(self, patch_size: int = 4, reduction: str = "mean") -> None:
+    def __init__(
+        self, patch_size: int = 4, reduction: str = "mean", *, normalize: bool = True
+    ) -> None:
         super().__init__()
         self.patch_size = _check_patch_size(patch_size, "TextureMatchingLoss")
         self.reduction = check_reduction(reduction, loss="TextureMatchingLoss")
+        if not isinstance(normalize, bool):
+            raise TypeError(
+                f"TextureMatchingLoss: `normalize` must be a bool, found {type(normalize).__name__}"
+            )
+        self.normalize = normalize
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
-        return texture_matching_loss(pred, target, self.patch_size, self.reduction)
+        return texture_matching_loss(
+            pred, target, self.patch_size, self.reduction, normalize=self.normalize
+        )
 
     def extra_repr(self) -> str:
-        return f"patch_size={self.patch_size}, reduction={self.reduction!r}"
+        extra = "" if self.normalize else ", normalize=False"
+        return f"patch_size={self.patch_size}, reduction={self.reduction!r}{extra}"

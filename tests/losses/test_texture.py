@@ -128,6 +128,27 @@ def test_loss_hand_computed() -> None:
     pred = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
     loss = texture_matching_loss(pred, torch.zeros_like(pred), patch_size=2)
     assert loss.item() == pytest.approx(900.0 / 16)
+    unnormalised = texture_matching_loss(pred, torch.zeros_like(pred), 2, normalize=False)
+    assert unnormalised.item() == pytest.approx(900.0)
+
+
+@SETTINGS
+@given(seed=seeds, b=small, c=small, k=patch_sizes, rows=small, cols=small)
+def test_unnormalised_is_entry_count_times_normalised(
+    seed: int, b: int, c: int, k: int, rows: int, cols: int
+) -> None:
+    pred, target = rand(seed, b, c, rows * k, cols * k), rand(seed + 1, b, c, rows * k, cols * k)
+    mean = texture_matching_loss(pred, target, k, "none")
+    total = texture_matching_loss(pred, target, k, "none", normalize=False)
+    torch.testing.assert_close(total, mean * (c * k * k) ** 2, rtol=1e-10, atol=1e-14)
+    module = TextureMatchingLoss(k, "none", normalize=False)
+    torch.testing.assert_close(module(pred, target), total)
+    assert "normalize=False" in repr(module)
+
+
+def test_normalize_must_be_bool() -> None:
+    with pytest.raises(TypeError, match="`normalize` must be a bool"):
+        TextureMatchingLoss(normalize=1)  # type: ignore[arg-type]
 
 
 @SETTINGS

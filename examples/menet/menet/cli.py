@@ -101,7 +101,12 @@ def _add_train(sub: Any) -> None:
     )
     g = p.add_argument_group("data")
     src = g.add_mutually_exclusive_group()
-    src.add_argument("--data", metavar="DIR", help="paired folder (rain/, norain/ or pairs.csv)")
+    src.add_argument(
+        "--data",
+        metavar="DIR",
+        nargs="+",
+        help="paired folder(s) (rain/, norain/ or pairs.csv); several are used together",
+    )
     src.add_argument(
         "--synthetic", choices=["light", "heavy"], help="synthetic rain on the built-in images"
     )
@@ -163,6 +168,28 @@ def _add_train(sub: Any) -> None:
     length.add_argument("--steps", type=int, help="optimizer steps (instead of --epochs)")
     g.add_argument(
         "--lr", type=float, help=f"initial learning rate, /10 at 40%% (default {d['lr']})"
+    )
+    g.add_argument(
+        "--lr-schedule",
+        choices=["step", "cosine"],
+        help=f"/10 at 40%% of the steps, or cosine decay to 0 (default {d['lr_schedule']})",
+    )
+    g.add_argument(
+        "--clip-grad-norm",
+        type=float,
+        metavar="MAX",
+        help="clip the global gradient norm to MAX before each step (default: no clipping)",
+    )
+    g.add_argument(
+        "--texture-sum",
+        dest="texture_normalize",
+        action="store_false",
+        help="texture loss as the sum over Gram entries, not their mean (2304x larger)",
+    )
+    g.add_argument(
+        "--zero-init-residual",
+        action="store_true",
+        help="start the last conv at zero, so the network starts as the identity",
     )
     g.add_argument("--seed", type=int, help=f"random seed (default {d['seed']})")
     g.add_argument(

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 import mtlweight as mw
 
@@ -96,8 +96,10 @@ class TrainConfig:
     out : str
         Output directory: ``last.ckpt``, ``log.csv``, ``model.safetensors``,
         ``model.json``, ``config.json`` and the plots.
-    data : str, optional
-        A paired folder (see :class:`menet.data.PairedFolder`).
+    data : str or list of str, optional
+        A paired folder (see :class:`menet.data.PairedFolder`), or several,
+        whose pairs are used together (``split``/``ids`` select the same ids
+        in each, as with Rain100L and Rain100H).
     split, split_key : str
         JSON split file and the key of its id list (e.g. ``"train"``).
     ids : list of int, optional
@@ -149,7 +151,18 @@ class TrainConfig:
     lr : float
         Initial learning rate (paper: 1e-3).
     lr_milestone : float
-        Fraction of the total steps after which the rate is divided by 10.
+        Fraction of the total steps after which the rate is divided by 10
+        (``lr_schedule="step"``).
+    lr_schedule : {"step", "cosine"}
+        One division by 10 at ``lr_milestone`` (the paper), or cosine decay
+        from ``lr`` to 0 over the run, stepped every iteration.
+    clip_grad_norm : float, optional
+        Clip the global gradient norm of the model's parameters to this value
+        before each optimizer step (not in the paper).
+    texture_normalize : bool
+        Texture loss as the mean over Gram entries (``True``, the library's
+        default) or their sum (``False``, :math:`(CK^2)^2 = 2304` times larger);
+        see :func:`mtlweight.functional.texture_matching_loss`.
     workers : int
         DataLoader worker processes.
     resume : bool
@@ -170,10 +183,13 @@ class TrainConfig:
         Skip a step whose losses are not finite (no update; BatchNorm
         statistics restored), count it and go on, instead of stopping with
         :class:`FloatingPointError` naming the step and the task.
+    clip_grad_norm : float, optional
+        Clip the global norm of the model's gradients to this value before the
+        optimizer step (after unscaling, with a ``scaler``).
     """
 
     out: str = "runs/menet"
-    data: str | None = None
+    data: str | list[str] | None = None
     split: str | None = None
     split_key: str = "train"
     ids: list[int] | None = None
@@ -199,6 +215,9 @@ class TrainConfig:
     seed: int = 0
     lr: float = 1e-3
     lr_milestone: float = 0.4
+    lr_schedule: str = "step"
+    clip_grad_norm: float | None = None
+    texture_normalize: bool = True
     workers: int = 0
     resume: bool = False
     dry_run: bool = False
@@ -213,6 +232,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent option."""
+        if isinstance(self.data, list | tuple):
+            if not self.data:
+                raise ValueError("data: give at least one folder")
+            self.data = self.data[0] if len(self.data) == 1 else [str(d) for d in self.data]
         if (self.data is None) == (self.synthetic is None):
             raise ValueError("give exactly one data source: data=DIR or synthetic='light'|'heavy'")
         if self.synthetic is not None and self.synthetic not in ("light", "heavy"):
@@ -260,6 +283,10 @@ class TrainConfig:
             raise ValueError(f"lr must be positive; found {self.lr}")
         if not 0.0 <= self.lr_milestone <= 1.0:
             raise ValueError(f"lr_milestone must be in [0, 1]; found {self.lr_milestone}")
+        if self.lr_schedule not in ("step", "cosine"):
+            raise ValueError(f"lr_schedule must be 'step' or 'cosine'; found {self.lr_schedule!r}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ValueError(f"clip_grad_norm must be positive; found {self.clip_grad_norm}")
         if self.compile is not None and self.gb_shared == "representation":
             raise ValueError(
                 "compile cannot be combined with gb_shared='representation': the features "
@@ -343,7 +370,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_losses(names: Sequence[str] = LOSS_NAMES) -> dict[str, nn.Module]:
+def build_losses(
+    names: Sequence[str] = LOSS_NAMES, *, texture_normalize: bool = True
+) -> dict[str, nn.Module]:
     """The MENET losses by name, in the given order.
 
     ``pixel``: mean squared error; ``edge``:
@@ -361,7 +390,7 @@ def build_losses(names: Sequence[str] = LOSS_NAMES) -> dict[str, nn.Module]:
     factories: dict[str, Callable[[], nn.Module]] = {
         "pixel": nn.MSELoss,
         "edge": EdgeAwareLoss,
-        "texture": lambda: TextureMatchingLoss(patch_size=4),
+        "texture": lambda: TextureMatchingLoss(patch_size=4, normalize=texture_normalize),
     }
     out: dict[str, nn.Module] = {}
     for name in names:
@@ -437,6 +466,7 @@ def build_dataset(config: TrainConfig) -> Dataset[tuple[Tensor, Tensor]]:
         pairs = [synthetic[i] for i in range(len(synthetic))]
     else:
         assert config.data is not None
+        roots = [config.data] if isinstance(config.data, str) else list(config.data)
         ids = config.ids
         if config.split is not None:
             split = mdata.load_split(config.split)
@@ -446,7 +476,8 @@ def build_dataset(config: TrainConfig) -> Dataset[tuple[Tensor, Tensor]]:
                     f"found {sorted(split)}"
                 )
             ids = list(split[config.split_key])
-        pairs = mdata.PairedFolder(config.data, ids=ids, cache=config.cache)
+        folders = [mdata.PairedFolder(r, ids=ids, cache=config.cache) for r in roots]
+        pairs = folders[0] if len(folders) == 1 else ConcatDataset(folders)
     if config.patches == "tencrop":
         return mdata.TenCropPairs(pairs, size=config.patch_size)
     return mdata.RandomCropPairs(
@@ -517,6 +548,7 @@ def train_step(
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
     skip_nonfinite: bool = False,
+    clip_grad_norm: float | None = None,
 ) -> StepResult:
     """One optimisation step: forward, per-task losses, weighting, backward, update.
 
@@ -616,9 +648,14 @@ def train_step(
         )
     if scaler is not None:
         scaled.backward()
+        if clip_grad_norm is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         scaler.step(optimizer)
         scaler.update()
     else:
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
     if scheduler is not None:
         scheduler.step()
@@ -692,6 +729,11 @@ class _CsvLog:
 
 def _check_resume_config(stored: Mapping[str, Any], config: TrainConfig, path: Path) -> None:
     current = config.to_dict()
+    # A checkpoint written before a field existed ran with that field's default.
+    defaults = TrainConfig.__dataclass_fields__
+    stored = {
+        k: stored.get(k, defaults[k].default) if k in defaults else stored.get(k) for k in current
+    }
     diffs = [
         f"{k}: checkpoint {stored.get(k)!r} vs now {current[k]!r}"
         for k in current
@@ -801,7 +843,8 @@ def _train(
     if config.zero_init_residual:
         nn.init.zeros_(net.last_conv.weight)
     net = net.to(device)
-    loss_fns = {n: f.to(device) for n, f in build_losses(config.losses).items()}
+    built = build_losses(config.losses, texture_normalize=config.texture_normalize)
+    loss_fns = {n: f.to(device) for n, f in built.items()}
     weighting = build_weighting(
         config.weighting,
         net,
@@ -853,8 +896,12 @@ def _train(
     if extra:
         params.append({"params": extra})
     optimizer = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
-    milestone = max(1, round(config.lr_milestone * total_steps))
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [milestone], gamma=0.1)
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    if config.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    else:
+        milestone = max(1, round(config.lr_milestone * total_steps))
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [milestone], gamma=0.1)
 
     amp_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
@@ -949,6 +996,7 @@ def _train(
                         amp_dtype=amp_dtype,
                         scaler=scaler,
                         skip_nonfinite=config.skip_nonfinite,
+                        clip_grad_norm=config.clip_grad_norm,
                     )
                 except FloatingPointError as exc:
                     raise FloatingPointError(
