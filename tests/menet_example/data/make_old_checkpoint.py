@@ -44,13 +44,13 @@ OPTIONS: dict[str, Any] = {
 }
 
 
-class Stop(Exception):
+class StopRunError(Exception):
     pass
 
 
 def stop_after_two(epoch: int, step: int) -> None:
     if epoch == 2:
-        raise Stop
+        raise StopRunError
 
 
 def shrink(value: Any, sums: dict[str, list[float]], where: str) -> Any:
@@ -70,7 +70,7 @@ def main() -> None:
     out = Path(tempfile.mkdtemp())
     try:
         train(TrainConfig(out=str(out / "run"), **OPTIONS), on_epoch_end=stop_after_two)
-    except Stop:
+    except StopRunError:
         pass
     state = torch.load(out / "run" / "last.ckpt", weights_only=True)
     sums: dict[str, list[float]] = {}
