@@ -5,31 +5,33 @@ A drop-in for ``loss.backward()`` with any ``nn.Module`` and any optimizer::
     weighting = mtlweight.GradientBalance(shared=model.head)
     total = weighting({"pixel": l_pixel, "edge": l_edge})
     total.backward()
+
+The strategies come in two wings: :mod:`mtlweight.loss_level` (weights from
+the loss values) and :mod:`mtlweight.gradient_level` (combinations of the
+per-task gradients of shared inputs); both are re-exported here.
 """
 
-from mtlweight import _gradient_methods, _loss_methods, autograd, functional, losses
+from mtlweight import autograd, functional, gradient_level, loss_level, losses
+from mtlweight._aggregator import GradientAggregator
 from mtlweight._base import Weighting
-from mtlweight._fixed import Fixed
-from mtlweight._gradient_balance import GradientBalance
-from mtlweight._gradient_methods import *  # noqa: F403  (the gradient-level methods of issue 6)
-from mtlweight._loss_balance import LossBalance
-from mtlweight._loss_methods import *  # noqa: F403  (the loss-level strategies of issue 6)
 from mtlweight._registry import available, get, register
+from mtlweight.gradient_level import *  # noqa: F403
+from mtlweight.loss_level import *  # noqa: F403
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Fixed",
-    "GradientBalance",
-    "LossBalance",
+    "GradientAggregator",
     "Weighting",
     "__version__",
     "autograd",
-    "functional",
-    "losses",
     "available",
+    "functional",
     "get",
+    "gradient_level",
+    "loss_level",
+    "losses",
     "register",
-    *_loss_methods.__all__,
-    *_gradient_methods.__all__,
+    *loss_level.__all__,
+    *gradient_level.__all__,
 ]

@@ -10,11 +10,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mtlweight._solvers import balance
 from mtlweight._validation import Losses, check_finite, check_min_tasks, normalise_losses
 from mtlweight.autograd import as_inputs, grad_norms, task_gradients
 from mtlweight.distributed import all_reduce_mean, is_distributed
 
-__all__ = ["Weighting"]
+__all__ = ["Weighting", "balance"]
 
 
 class Weighting(nn.Module, ABC):
@@ -288,22 +289,6 @@ class Weighting(nn.Module, ABC):
 
     def extra_repr(self) -> str:
         return "" if self.tasks is None else f"tasks={self.tasks}"
-
-
-def balance(values: Tensor) -> Tensor:
-    r"""The paper's balancing rule :math:`w_t = 1 - x_t / \sum_j x_j`.
-
-    When every :math:`x_t` is zero the weights are all :math:`1 - 1/T`, the
-    value of the rule for equal :math:`x_t`. No device sync.
-    """
-    # Finite values can have an infinite sum (float32 losses near 1e38): then
-    # divide by the largest first. Otherwise the scale is exactly 1.
-    overflow = ~torch.isfinite(values.sum())
-    values = values / torch.where(overflow, values.max(), torch.ones_like(values[0]))
-    total = values.sum()
-    count = values.numel()
-    safe = torch.where(total > 0, total, torch.ones_like(total))
-    return torch.where(total > 0, 1.0 - values / safe, torch.full_like(values, 1.0 - 1.0 / count))
 
 
 def _check_reached(strategy: str, losses: list[Tensor], features: list[Tensor]) -> None:

@@ -9,92 +9,11 @@ import numpy as np
 from torch import Tensor, nn
 
 from mtlweight._aggregator import Array, GradientAggregator, TaskSpecific
+from mtlweight._solvers import min_norm_weights
 
 __all__ = ["MGDA", "MGDAUB", "min_norm_weights"]
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
-
-
-def _affine_minimiser(gram: Array) -> Array:
-    """Coefficients (summing to 1) of the point of least norm in the affine hull."""
-    k = gram.shape[0]
-    kkt = np.ones((k + 1, k + 1))
-    kkt[:k, :k] = gram
-    kkt[k, k] = 0.0
-    rhs = np.zeros(k + 1)
-    rhs[k] = 1.0
-    solution = np.linalg.lstsq(kkt, rhs, rcond=None)[0][:k]
-    return np.asarray(solution / solution.sum(), dtype=np.float64)
-
-
-def min_norm_weights(gram: Array, *, tol: float = 1e-12) -> Array:
-    r"""Weights of the point of least norm in the convex hull of the task gradients.
-
-    .. math::
-
-        w^\star = \operatorname*{arg\,min}_{w \in \Delta^{T}} w^\top G w,
-        \qquad \Delta^{T} = \{w \ge 0,\ \textstyle\sum_t w_t = 1\}
-
-    solved exactly (up to rounding) by Wolfe's min-norm-point algorithm on the
-    Gram matrix :math:`G = J J^\top`: a finite active-set method that keeps
-    its support affinely independent, so identical or zero gradients need no
-    special case.
-
-    Parameters
-    ----------
-    gram
-        Symmetric positive semi-definite ``(T, T)`` array.
-    tol
-        Optimality tolerance, relative to the largest squared gradient norm.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(T,)`` weights on the simplex; uniform when every gradient is zero.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> min_norm_weights(np.array([[1.0, 0.0], [0.0, 4.0]])).round(6)
-    array([0.8, 0.2])
-    """
-    count = gram.shape[0]
-    scale = float(np.max(np.diag(gram), initial=0.0))
-    if not scale > 0.0:
-        return np.full(count, 1.0 / count)
-    g = gram / scale
-    w = np.zeros(count)
-    support = [int(np.argmin(np.diag(g)))]
-    w[support[0]] = 1.0
-    best, best_value = w.copy(), float(w @ g @ w)
-    for _ in range(50 * count + 50):
-        gw = g @ w
-        norm2 = float(w @ gw)
-        if norm2 < best_value:
-            best, best_value = w.copy(), norm2
-        j = int(np.argmin(gw))
-        if norm2 - gw[j] <= tol or j in support:
-            break
-        support.append(j)
-        while True:  # minor cycle: move to the affine minimiser, dropping points
-            idx = np.array(support)
-            v = _affine_minimiser(g[np.ix_(idx, idx)])
-            if np.all(v > tol):
-                w = np.zeros(count)
-                w[idx] = v
-                break
-            cur = w[idx]
-            out = (v <= tol) & (cur > v)
-            theta = float(np.min(cur[out] / (cur[out] - v[out]))) if out.any() else 0.0
-            new = cur + min(max(theta, 0.0), 1.0) * (v - cur)
-            keep = new > tol
-            if keep.all():  # rounding: drop the point closest to leaving
-                keep[int(np.argmin(new))] = False
-            w = np.zeros(count)
-            w[idx[keep]] = new[keep] / new[keep].sum()
-            support = idx[keep].tolist()
-    value = float(w @ g @ w)
-    return w if value <= best_value else best
 
 
 class MGDA(GradientAggregator):

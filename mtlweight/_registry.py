@@ -1,7 +1,13 @@
-"""Select a strategy by name: for command lines and configuration files."""
+"""Select a strategy by name: for command lines and configuration files.
+
+:data:`TABLE` is the one table of every built-in name: one row per strategy,
+``(name, "module.Class" under mtlweight, aliases)``. A row's class is imported
+the first time the name is used.
+"""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -9,18 +15,56 @@ from typing import Any
 from torch import Tensor, nn
 
 from mtlweight._base import Weighting
-from mtlweight._fixed import Fixed
-from mtlweight._gradient_balance import GradientBalance
-from mtlweight._loss_balance import LossBalance
 
-__all__ = ["available", "get", "register"]
+__all__ = ["TABLE", "available", "get", "register"]
 
-_REGISTRY: dict[str, type[Weighting]] = {}
+# name            class, as "module.Class" under mtlweight              aliases
+TABLE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("fixed",        "_fixed.Fixed",                                    ()),
+    ("gb",           "_gradient_balance.GradientBalance",               ("gradient_balance", "gradientbalance")),  # noqa: E501
+    ("lb",           "_loss_balance.LossBalance",                       ("loss_balance", "lossbalance")),  # noqa: E501
+    ("equal",        "_equal.EqualWeight",                              ("ew", "equal_weight")),
+    ("uncertainty",  "_uncertainty.UncertaintyWeighting",               ("uw", "uncertainty_weighting")),  # noqa: E501
+    ("dwa",          "_dwa.DynamicWeightAverage",                       ("dynamic_weight_average",)),  # noqa: E501
+    ("rlw",          "_rlw.RandomLossWeighting",                        ("random", "random_loss_weighting")),  # noqa: E501
+    ("gls",          "_geometric.GeometricMean",                        ("geometric", "geometric_mean")),  # noqa: E501
+    ("gradnorm",     "_gradnorm.GradNorm",                              ("grad_norm",)),
+    ("imtl_l",       "_imtl_l.IMTLL",                                   ("imtll",)),
+    ("pcgrad",       "_pcgrad.PCGrad",                                  ("pc_grad",)),
+    ("mgda",         "_mgda.MGDA",                                      ()),
+    ("mgda_ub",      "_mgda.MGDAUB",                                    ("mgdaub",)),
+    ("cagrad",       "_cagrad.CAGrad",                                  ("ca_grad",)),
+    ("imtl_g",       "_imtl_g.IMTLG",                                   ("imtlg",)),
+    ("nash_mtl",     "_nash_mtl.NashMTL",                               ("nash", "nashmtl")),
+    ("aligned_mtl",  "_aligned_mtl.AlignedMTL",                         ("alignedmtl", "aligned")),
+    # new rows go here, one line each
+)
+
+#: name -> the class, or its "module.Class" path until first used
+_REGISTRY: dict[str, type[Weighting] | str] = {}
 _ALIASES: dict[str, str] = {}
 
 
 def _key(name: str) -> str:
     return name.strip().lower().replace("-", "_")
+
+
+def _add(name: str, cls: type[Weighting] | str, aliases: Iterable[str]) -> None:
+    key = _key(name)
+    _REGISTRY[key] = cls
+    for alias in aliases:
+        _ALIASES[_key(alias)] = key
+
+
+def _resolve(key: str) -> type[Weighting]:
+    entry = _REGISTRY[key]
+    if isinstance(entry, str):
+        module, _, attr = entry.rpartition(".")
+        cls = getattr(importlib.import_module(f"mtlweight.{module}"), attr)
+        if not (isinstance(cls, type) and issubclass(cls, Weighting)):
+            raise TypeError(f"registry row {key!r}: mtlweight.{entry} is not a Weighting")
+        _REGISTRY[key] = entry = cls
+    return entry
 
 
 def register(name: str, cls: type[Weighting], *aliases: str) -> None:
@@ -35,11 +79,19 @@ def register(name: str, cls: type[Weighting], *aliases: str) -> None:
     if not (isinstance(cls, type) and issubclass(cls, Weighting)):
         raise TypeError(f"{cls!r} is not a subclass of mtlweight.Weighting")
     key = _key(name)
-    if key in _REGISTRY and _REGISTRY[key] is not cls:
-        raise ValueError(f"a strategy is already registered as {name!r}: {_REGISTRY[key]}")
-    _REGISTRY[key] = cls
-    for alias in aliases:
-        _ALIASES[_key(alias)] = key
+    if key in _REGISTRY and _resolve(key) is not cls:
+        raise ValueError(f"a strategy is already registered as {name!r}: {_resolve(key)}")
+    _add(name, cls, aliases)
+
+
+def _required_options(cls: type[Weighting]) -> list[str]:
+    """Names of the constructor's arguments that have no default."""
+    return [
+        p.name
+        for p in inspect.signature(cls).parameters.values()
+        if p.default is inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
 
 
 def get(
@@ -60,6 +112,12 @@ def get(
     ``tasks`` to the strategies with learnable per-task parameters), so one
     call site, such as a command line, can build any strategy by name.
 
+    Raises
+    ------
+    ValueError
+        For an unknown name (listing the available ones), or when a required
+        option is missing (naming it, e.g. ``weights`` for ``"fixed"``).
+
     Examples
     --------
     >>> import torch, mtlweight as mw
@@ -75,11 +133,18 @@ def get(
     key = _ALIASES.get(key, key)
     if key not in _REGISTRY:
         raise ValueError(f"unknown weighting {name!r}; available: {', '.join(available())}")
-    cls = _REGISTRY[key]
+    cls = _resolve(key)
     takes = inspect.signature(cls).parameters
     for option, value in (("shared", shared), ("tasks", tasks)):
         if value is not None and option in takes:
             options[option] = value
+    missing = [p for p in _required_options(cls) if p not in options]
+    if missing:
+        hint = "; pass tasks=[...] (the task names)" if missing == ["tasks"] else ""
+        raise ValueError(
+            f"mw.get({name!r}) builds {cls.__name__}, which needs the option "
+            f"{missing[0]!r}{hint}: mw.get({name!r}, {missing[0]}=...)"
+        )
     return cls(**options)
 
 
@@ -88,6 +153,5 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-register("fixed", Fixed)
-register("gb", GradientBalance, "gradient_balance", "gradientbalance")
-register("lb", LossBalance, "loss_balance", "lossbalance")
+for _name, _path, _aliases in TABLE:
+    _add(_name, _path, _aliases)

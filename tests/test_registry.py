@@ -62,6 +62,25 @@ def test_get_passes_options(model: TinyMultiTask) -> None:
     assert isinstance(fixed, mw.Fixed) and fixed.tasks == ["pixel", "edge"]
 
 
+@pytest.mark.parametrize(
+    ("name", "option"), [("fixed", "weights"), ("uncertainty", "tasks"), ("imtl_l", "tasks")]
+)
+def test_a_missing_option_is_named(name: str, option: str) -> None:
+    """It used to be the constructor's bare TypeError (missing positional argument)."""
+    with pytest.raises(ValueError, match=rf"mw.get\('{name}'\) builds \w+, which needs the option "
+                       rf"'{option}'.*{option}=\.\.\."):
+        mw.get(name)
+
+
+def test_the_table_has_one_row_per_name_and_no_alias_twice() -> None:
+    names = [row[0] for row in registry.TABLE]
+    aliases = [a for row in registry.TABLE for a in row[2]]
+    assert len(set(names)) == len(names)
+    assert len(set(aliases)) == len(aliases) and not set(aliases) & set(names)
+    for name, path, _ in registry.TABLE:
+        assert registry._resolve(name).__name__ == path.rpartition(".")[2]
+
+
 def test_get_returns_a_new_instance_each_time() -> None:
     assert mw.get("lb") is not mw.get("lb")
 
@@ -85,7 +104,7 @@ def test_available_contents() -> None:
     # aliases are not listed
     assert not {"gradient_balance", "loss_balance", "gradientbalance"} & set(names)
     # every listed name resolves to a Weighting subclass
-    assert all(issubclass(registry._REGISTRY[n], mw.Weighting) for n in names)
+    assert all(issubclass(registry._resolve(n), mw.Weighting) for n in names)
 
 
 @pytest.mark.usefixtures("clean_registry")

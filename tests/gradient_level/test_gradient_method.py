@@ -1,4 +1,4 @@
-"""The GradientAggregator base: the two conventions, the hooks, what a method is given."""
+"""The GradientMethod base: the two conventions, the hooks, what a method is given."""
 
 from __future__ import annotations
 
@@ -14,17 +14,17 @@ from torch import Tensor, nn
 import mtlweight as mw
 
 
-class Recorder(mw.GradientAggregator):
-    """Fixed coefficients ``0.5, 1.5, 2.5, ...``; records what ``aggregate`` receives."""
+class Recorder(mw.GramWeighting):
+    """Fixed coefficients ``0.5, 1.5, 2.5, ...``; records what ``gram_weights`` receives."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.seen: dict[str, Any] = {}
         self.statistic_names: list[str] = []
 
-    def aggregate(self, gram: NDArray[np.float64], values: Tensor) -> NDArray[np.float64]:
-        self.seen = {"gram": gram, "values": values}
-        return np.arange(gram.shape[0], dtype=np.float64) + 0.5
+    def gram_weights(self, gram: Tensor, values: Tensor) -> Tensor:
+        self.seen = {"gram": gram.numpy(), "gram_tensor": gram, "values": values}
+        return torch.arange(gram.shape[0], dtype=torch.float64) + 0.5
 
     def statistic(self, name: str, value: Tensor) -> Tensor:
         self.statistic_names.append(name)
@@ -47,7 +47,7 @@ def trunk_and_heads(model: TinyMultiTask) -> tuple[list[nn.Parameter], list[nn.P
     ]
 
 
-def test_aggregate_gets_the_gram_matrix_and_the_losses(model: TinyMultiTask) -> None:
+def test_gram_weights_gets_the_gram_matrix_and_the_losses(model: TinyMultiTask) -> None:
     trunk, _ = trunk_and_heads(model)
     reference = per_task_gradients(model.losses, trunk)
     jac = np.stack(list(reference.values()))
@@ -55,6 +55,8 @@ def test_aggregate_gets_the_gram_matrix_and_the_losses(model: TinyMultiTask) -> 
     losses = model.losses()
     recorder(losses)
     gram = recorder.seen["gram"]
+    assert recorder.seen["gram_tensor"].dtype == torch.float64
+    assert recorder.seen["gram_tensor"].device.type == "cpu"
     assert gram.dtype == np.float64 and gram.shape == (3, 3)
     np.testing.assert_array_equal(gram, gram.T)
     np.testing.assert_allclose(gram, jac @ jac.T, rtol=1e-5)
@@ -199,3 +201,39 @@ def test_forward_hooks_fire_in_both_modes(model: TinyMultiTask, mode: str) -> No
     if mode == "plain":  # the TypeError of __call__ is back once backward is done
         with pytest.raises(TypeError):
             recorder(model.losses())
+
+
+class Sign(mw.GradientMethod):
+    """A direction that is not a combination of the rows: the sign of the summed gradient."""
+
+    def combine(self, jac: Tensor, gram: Tensor, values: Tensor) -> mw.Combination:
+        return mw.Combination.from_direction(jac, gram, jac.sum(0).sign())
+
+
+def test_a_direction_goes_to_the_shared_parameters(model: TinyMultiTask) -> None:
+    trunk, heads = trunk_and_heads(model)
+    per_trunk = per_task_gradients(model.losses, trunk)
+    per_heads = per_task_gradients(model.losses, heads)
+    weights = Sign(model.trunk, task_specific="plain").backward(model.losses())
+    np.testing.assert_array_equal(grads_of(trunk), np.sign(sum(per_trunk.values())))
+    np.testing.assert_allclose(grads_of(heads), sum(per_heads.values()), rtol=1e-5, atol=1e-7)
+    # the logged weights are the least-squares coefficients of d in the rows of J
+    jac = np.stack(list(per_trunk.values()))
+    w_ref = np.linalg.lstsq(jac.T, np.sign(jac.sum(0)), rcond=None)[0]
+    np.testing.assert_allclose(list(weights.values()), w_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_a_direction_cannot_be_a_weighted_total(model: TinyMultiTask) -> None:
+    sign = Sign(model.trunk)
+    with pytest.raises(TypeError, match=r"not a weighted sum .* Sign.backward\(losses\)"):
+        sign(model.losses())
+
+
+class _Wrong(mw.GramWeighting):
+    def gram_weights(self, gram: Tensor, values: Tensor) -> Tensor:
+        return torch.ones(gram.shape[0] + 1, dtype=torch.float64)
+
+
+def test_weights_of_the_wrong_shape_are_named(model: TinyMultiTask) -> None:
+    with pytest.raises(ValueError, match=r"_Wrong.combine returned weights of shape \(4,\)"):
+        _Wrong(model.trunk)(model.losses())

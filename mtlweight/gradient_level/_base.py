@@ -1,0 +1,372 @@
+"""The gradient-level base classes: per-task gradients J (T x P) -> update direction d (P,)."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from mtlweight._base import Weighting
+from mtlweight._validation import Losses, check_finite
+from mtlweight.autograd import as_inputs
+from mtlweight.distributed import all_reduce_mean, is_distributed, world_size
+from mtlweight.gradient_level._inputs import SharedInputs, describe, gram, jacobian
+
+__all__ = ["Combination", "GradientMethod", "GramWeighting", "TaskSpecific"]
+
+TaskSpecific = Literal["weighted", "plain"]
+
+
+@dataclass(frozen=True)
+class Combination:
+    """What a :class:`GradientMethod` makes of this step's per-task gradients.
+
+    Attributes
+    ----------
+    weights
+        ``(T,)`` float64: the coefficients :math:`w` of :math:`d = J^\\top w`.
+    direction
+        ``None`` when :math:`d = J^\\top w` (a linear combination of the rows:
+        ``weighting(losses)`` works in ``"weighted"`` mode), else the ``(P,)``
+        update itself, for methods whose :math:`d` is not such a combination
+        (only ``.backward(losses)`` works; ``weights`` are then for logging,
+        see :meth:`from_direction`).
+    """
+
+    weights: Tensor
+    direction: Tensor | None = None
+
+    @classmethod
+    def from_direction(cls, jac: Tensor, gram: Tensor, direction: Tensor) -> Combination:
+        r"""A ``direction`` with the weights :math:`w = \arg\min_w \lVert J^\top w - d \rVert`.
+
+        :math:`w = G^{+} J d` (least squares, minimum norm), in float64.
+
+        Examples
+        --------
+        >>> import torch
+        >>> jac = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+        >>> Combination.from_direction(jac, jac.double() @ jac.double().T,
+        ...                            torch.tensor([1.0, 1.0])).weights
+        tensor([1.0000, 0.5000], dtype=torch.float64)
+        """
+        projected = (jac.double() @ direction.double()).cpu().reshape(-1, 1)
+        weights = torch.linalg.lstsq(gram, projected, driver="gelsd").solution.reshape(-1)
+        return cls(weights, direction)
+
+
+class _Replace:
+    """Tensor hook that replaces the incoming gradient by a fixed tensor."""
+
+    def __init__(self, value: Tensor) -> None:
+        self.value = value
+
+    def __call__(self, grad: Tensor) -> Tensor:
+        return self.value.to(grad.dtype)
+
+
+class GradientMethod(Weighting):
+    r"""Base class of the methods that combine the per-task gradients of shared inputs.
+
+    At each step the per-task gradients of the shared parameters :math:`\theta`
+    (or of a shared representation) form the matrix
+
+    .. math::
+
+        J = \begin{bmatrix} \nabla_\theta L_1 & \cdots & \nabla_\theta L_T
+            \end{bmatrix}^\top \in \mathbb{R}^{T \times P},
+        \qquad G = J J^\top, \qquad d = \mathcal{A}(J, G, L)
+
+    and a method (:meth:`combine`) turns them into the update direction
+    :math:`d` of the shared inputs, usually a combination :math:`d = J^\top w`
+    whose coefficients :math:`w` are reported as the weights.
+
+    - ``task_specific="weighted"`` (default): ``weighting(losses)`` returns
+      :math:`\sum_t \operatorname{sg}(w_t) L_t`, whose backward pass puts
+      exactly :math:`d = J^\top w` on the shared inputs and
+      :math:`\sum_t w_t \nabla L_t` on every other parameter (the task heads);
+      ``weighting.backward(losses)`` gives the same gradients.
+    - ``task_specific="plain"``: the shared inputs receive :math:`d` and every
+      other parameter the plain gradient of :math:`\sum_t L_t`, as the official
+      code of PCGrad, CAGrad, IMTL-G and Aligned-MTL does. No weighted total
+      can do that: only ``weighting.backward(losses)`` is available and
+      ``weighting(losses)`` raises :class:`TypeError`.
+
+    ``backward`` accumulates into ``.grad`` like ``loss.backward()`` and returns
+    the weights. :math:`J` costs one backward pass per task that stops at
+    :math:`\theta`, and :math:`T P` numbers of memory: pick :math:`\theta`
+    near the output (the last shared layer) or pass ``representation=``.
+    The shared parameters are resolved at every step (a module gives the
+    parameters that require grad now: freezing a layer just works). If no
+    loss reaches the differentiated tensors, the call raises
+    :class:`ValueError` naming them.
+
+    Under :mod:`torch.distributed` every rank uses the same :math:`w`,
+    through :meth:`~mtlweight.Weighting.statistic`: for shared parameters
+    :math:`J` is averaged across processes (one all-reduce of :math:`T P`
+    numbers); for a representation, whose entries are each rank's own
+    samples, the Gram matrices are averaged instead (and divided by the
+    number of processes: those of the combined batch for mean losses over
+    equal batches). The Gram matrix of the last step is ``statistics["gram"]``.
+
+    Parameters
+    ----------
+    shared
+        The shared parameters: a module (its trainable parameters) or an
+        iterable of tensors. May be ``None`` if every call passes
+        ``representation=``.
+    task_specific
+        ``"weighted"`` or ``"plain"`` (see above); ``None`` takes the
+        method's default.
+    **kwargs
+        Passed to :class:`~mtlweight.Weighting` (``tasks``, ``history_size``, ``sync``).
+
+    Notes
+    -----
+    Subclasses implement :meth:`combine`; methods whose weights depend on the
+    Gram matrix alone derive from :class:`GramWeighting` instead.
+    """
+
+    def __init__(
+        self,
+        shared: nn.Module | Iterable[Tensor] | None = None,
+        *,
+        task_specific: TaskSpecific | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        mode = "weighted" if task_specific is None else task_specific
+        if mode not in ("weighted", "plain"):
+            raise ValueError(f"task_specific must be 'weighted' or 'plain'; found {mode!r}")
+        self.task_specific: TaskSpecific = mode
+        # Not a state: the shared parameters belong to the user's model.
+        self.shared = SharedInputs(shared)
+
+    @abstractmethod
+    def combine(self, jac: Tensor, gram: Tensor, values: Tensor) -> Combination:
+        """The update of this step from the per-task gradients.
+
+        Parameters
+        ----------
+        jac
+            ``(T, P)`` per-task gradients, on the device, averaged across
+            processes for shared parameters.
+        gram
+            ``(T, T)`` float64 CPU tensor, :math:`J J^\\top`, symmetric.
+        values
+            ``(T,)`` detached losses.
+        """
+
+    def reused_weights(self, names: list[str]) -> Tensor | None:
+        """Weights to reuse at this step instead of combining (``None``: combine)."""
+        return None
+
+    def shared_parameters(self) -> list[Tensor]:
+        """The shared tensors that require grad now (raises if there are none)."""
+        return self.shared.resolve(type(self).__name__)
+
+    @property
+    def _shared(self) -> list[Tensor] | None:
+        return self.shared_parameters() if self.shared.given else None
+
+    # ------------------------------------------------------------------ API
+    def forward(self, losses: Losses, *, representation: Tensor | None = None) -> Tensor:
+        """Return :math:`\\sum_t \\operatorname{sg}(w_t) L_t` (``task_specific="weighted"``)."""
+        if self.task_specific == "plain":
+            name = type(self).__name__
+            raise TypeError(
+                f"{name}(task_specific='plain') gives the shared parameters the combined "
+                "gradient and the task-specific ones the plain gradient of sum_t L_t, which no "
+                f"weighted total can express: call {name}.backward(losses) instead of "
+                f"{name}(losses).backward(), or build it with task_specific='weighted'"
+            )
+        return super().forward(losses, representation=representation)
+
+    def compute_weights(
+        self,
+        names: list[str],
+        losses: list[Tensor],
+        values: Tensor,
+        *,
+        representation: Tensor | None = None,
+    ) -> Tensor:
+        reused = self.reused_weights(names)
+        if reused is not None:
+            return reused
+        _, _, combination = self._solve(names, losses, values, representation)
+        if combination.direction is not None:
+            name = type(self).__name__
+            raise TypeError(
+                f"{name}'s update is not a weighted sum of the task gradients, so no weighted "
+                f"total gives it: call {name}.backward(losses) instead of {name}(losses)"
+            )
+        return combination.weights.to(values)
+
+    def backward(self, losses: Losses, *, representation: Tensor | None = None) -> dict[str, float]:
+        """Backpropagate: :math:`d` on the shared inputs, the rest as ``task_specific`` says.
+
+        Returns the weights (coefficients :math:`w` of :math:`d = J^\\top w`) by task.
+        """
+        fresh = self.tasks is None
+        try:
+            names, tensors, values = self._prepare(losses)
+            weights = self.reused_weights(names)
+            direction: Tensor | None = None
+            inputs: list[Tensor] | None = None
+            jac: Tensor | None = None
+            if weights is None:
+                inputs, jac, combination = self._solve(names, tensors, values, representation)
+                weights, direction = combination.weights, combination.direction
+            elif self.task_specific == "plain":
+                inputs, jac = self._jacobian(names, tensors, representation)
+        except Exception:
+            if fresh:  # a failed first call must not fix the task names
+                self.tasks = None
+            raise
+        weights = weights.to(values)
+        self._record(names, weights)
+        if inputs is None or jac is None:  # reused weights, weighted: one plain backward
+            torch.autograd.backward(self._total(tensors, weights))
+        else:
+            if direction is None:
+                acc = torch.float64 if jac.dtype == torch.float64 else torch.float32
+                direction = weights.to(device=jac.device, dtype=acc) @ jac.to(acc)
+            scale = weights if self.task_specific == "weighted" else torch.ones_like(weights)
+            self._backward_with(tensors, scale, inputs, direction)
+        if self._forward_hooks:
+            self._fire_forward_hooks((losses,), {"representation": representation}, tensors)
+        return self.weights
+
+    # -------------------------------------------------------------- helpers
+    def _solve(
+        self, names: list[str], losses: list[Tensor], values: Tensor, representation: Tensor | None
+    ) -> tuple[list[Tensor], Tensor, Combination]:
+        inputs, jac = self._jacobian(names, losses, representation)
+        g = gram(jac)
+        if representation is not None and self.sync and is_distributed():
+            # Each rank's columns are its own samples: Gram matrices add up over
+            # samples. With mean losses over equal batches, the combined batch's
+            # Gram matrix is the mean over ranks divided by their number.
+            g = self.statistic("gram", g) / world_size()
+        g = (g + g.T) / 2
+        self.statistics["gram"] = g
+        combination = self.combine(jac, g, values)
+        weights = combination.weights
+        if weights.shape != (len(names),):
+            raise ValueError(
+                f"{type(self).__name__}.combine returned weights of shape {tuple(weights.shape)}; "
+                f"expected ({len(names)},), one per task"
+            )
+        check_finite(names, weights, "weight")
+        return inputs, jac, combination
+
+    def _jacobian(
+        self, names: list[str], losses: list[Tensor], representation: Tensor | None
+    ) -> tuple[list[Tensor], Tensor]:
+        """The differentiated inputs and the ``(T, P)`` task gradients, checked."""
+        per_sample = representation is not None
+        inputs = self._inputs(representation)
+        jac, reached = jacobian(losses, inputs)
+        if self.sync and is_distributed():  # every rank raises together
+            reached = not bool(all_reduce_mean(torch.tensor([float(not reached)])).item() > 0)
+        if not reached:
+            raise ValueError(
+                f"{type(self).__name__}: no loss reaches {describe(inputs, per_sample)}, so "
+                "every task gradient would be zero. Pass the tensor the losses are computed "
+                "from (not a detached copy or an extra output of a compiled graph)"
+            )
+        if not per_sample:
+            jac = self.statistic("jacobian", jac)
+            del self.statistics["jacobian"]  # T x P numbers: not kept between steps
+        acc = torch.float64 if jac.dtype == torch.float64 else torch.float32
+        check_finite(names, jac.to(acc).norm(dim=1), "gradient norm")
+        return inputs, jac
+
+    def jacobian(
+        self, names: list[str], losses: list[Tensor], inputs: list[Tensor], *, average: bool = True
+    ) -> Tensor:
+        """The ``(T, P)`` task gradients of ``inputs``, checked; ``average``: across ranks."""
+        jac, _ = jacobian(losses, inputs)
+        if average:
+            jac = self.statistic("jacobian", jac)
+            del self.statistics["jacobian"]
+        acc = torch.float64 if jac.dtype == torch.float64 else torch.float32
+        check_finite(names, jac.to(acc).norm(dim=1), "gradient norm")
+        return jac
+
+    def _inputs(self, representation: Tensor | None) -> list[Tensor]:
+        if representation is not None:
+            return as_inputs(representation)
+        name = type(self).__name__
+        if self.needs_representation:
+            raise ValueError(
+                f"{name} takes the gradients with respect to a shared representation: call "
+                f"it with representation=features (the output of the shared encoder)"
+            )
+        return self.shared.resolve(name)
+
+    @staticmethod
+    def _total(tensors: Sequence[Tensor], scale: Tensor) -> Tensor:
+        total = tensors[0].reshape(()) * scale[0].to(tensors[0].dtype)
+        for s, t in zip(scale[1:], tensors[1:], strict=True):
+            total = total + t.reshape(()) * s.to(t.dtype)
+        return total
+
+    def _backward_with(
+        self, tensors: list[Tensor], scale: Tensor, inputs: list[Tensor], direction: Tensor
+    ) -> None:
+        """Backpropagate ``sum_t scale_t L_t`` with ``direction`` in place of its gradient at
+        ``inputs``; everything downstream of them sees the plain gradients."""
+        handles = []
+        for tensor, piece in zip(
+            inputs, torch.split(direction, [t.numel() for t in inputs]), strict=True
+        ):
+            hook = _Replace(piece.view_as(tensor))
+            handles.append(tensor.register_hook(hook))  # type: ignore[no-untyped-call]
+        try:
+            torch.autograd.backward(self._total(tensors, scale))
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _fire_forward_hooks(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], tensors: list[Tensor]
+    ) -> None:
+        """Run the forward hooks for a ``backward`` call, with the weighted total as output."""
+        with torch.no_grad():
+            output = self._total(
+                [t.detach() for t in tensors], torch.tensor(list(self._weights.values()))
+            )
+        for key, hook in list(self._forward_hooks.items()):
+            if key in self._forward_hooks_with_kwargs:
+                hook(self, args, kwargs, output)
+            else:
+                hook(self, args, output)
+
+    def extra_repr(self) -> str:
+        parts = [super().extra_repr(), f"task_specific={self.task_specific!r}"]
+        return ", ".join(p for p in parts if p)
+
+
+class GramWeighting(GradientMethod):
+    r"""Methods whose weights are a function of the Gram matrix alone.
+
+    .. math::
+
+        w = f(G, L), \qquad G = J J^\top, \qquad d = J^\top w
+
+    Subclasses implement :meth:`gram_weights` only: a pure function from the
+    ``(T, T)`` float64 CPU Gram matrix (and the detached losses) to the
+    ``(T,)`` float64 weights.
+    """
+
+    @abstractmethod
+    def gram_weights(self, gram: Tensor, values: Tensor) -> Tensor:
+        """Return the ``(T,)`` float64 weights from the ``(T, T)`` float64 CPU Gram matrix."""
+
+    def combine(self, jac: Tensor, gram: Tensor, values: Tensor) -> Combination:
+        return Combination(self.gram_weights(gram, values))

@@ -1,0 +1,112 @@
+"""What the gradient-level methods differentiate: shared inputs resolved per step, J, G."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtlweight.autograd import as_inputs
+
+__all__ = ["SharedInputs", "describe", "gram", "jacobian"]
+
+
+class SharedInputs:
+    """The shared parameters, resolved at every step.
+
+    A module contributes the parameters that require grad *now*, so freezing
+    or unfreezing a layer after the strategy is built just works; an iterable
+    of tensors is kept as given and filtered the same way at each step.
+    ``None`` means that every call passes ``representation=``.
+    """
+
+    def __init__(self, source: nn.Module | Iterable[Tensor] | None) -> None:
+        self.module: nn.Module | None = None
+        self.tensors: list[Tensor] | None = None
+        if isinstance(source, nn.Module):
+            self.module = source
+        elif source is not None:
+            tensors = [source] if isinstance(source, Tensor) else list(source)
+            as_inputs(tensors)  # type checks; raises if none requires grad
+            self.tensors = tensors  # all of them: a frozen one may be unfrozen later
+
+    @property
+    def given(self) -> bool:
+        return self.module is not None or self.tensors is not None
+
+    def resolve(self, strategy: str) -> list[Tensor]:
+        """The shared tensors that require grad at this step (tied weights once)."""
+        if self.module is not None:
+            candidates: list[Tensor] = list(self.module.parameters())
+        elif self.tensors is not None:
+            candidates = self.tensors
+        else:
+            raise ValueError(
+                f"{strategy} needs the shared parameters ({strategy}(shared=...)) or a shared "
+                f"tensor (weighting(losses, representation=features))"
+            )
+        seen: set[int] = set()
+        result = []
+        for t in candidates:
+            if t.requires_grad and id(t) not in seen:
+                seen.add(id(t))
+                result.append(t)
+        if not result:
+            raise ValueError(
+                f"{strategy}: none of the {len(candidates)} shared parameters requires grad at "
+                "this step (all frozen?): unfreeze one or pass representation="
+            )
+        return result
+
+
+def describe(inputs: Sequence[Tensor], representation: bool) -> str:
+    """Name the differentiated tensors in an error message."""
+    if representation:
+        t = inputs[0]
+        return f"the representation= tensor (shape {tuple(t.shape)}, {t.dtype})"
+    shapes = [tuple(t.shape) for t in inputs[:4]]
+    more = ", ..." if len(inputs) > 4 else ""
+    return f"the {len(inputs)} shared parameters (shapes {str(shapes)[1:-1]}{more})"
+
+
+def jacobian(losses: Sequence[Tensor], inputs: Sequence[Tensor]) -> tuple[Tensor, bool]:
+    """The ``(T, P)`` per-task gradients of ``inputs`` and whether any loss reached them.
+
+    One backward pass per task that stops at ``inputs`` and keeps the graph;
+    ``.grad`` is not touched. An input a loss does not reach counts as zero.
+    """
+    rows = []
+    reached = False
+    for loss in losses:
+        grads: Sequence[Tensor | None] = [None] * len(inputs)
+        if loss.requires_grad:
+            grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
+        reached = reached or any(g is not None for g in grads)
+        rows.append(
+            torch.cat(
+                [
+                    (torch.zeros_like(t) if g is None else g).reshape(-1)
+                    for t, g in zip(inputs, grads, strict=True)
+                ]
+            )
+        )
+    return torch.stack(rows), reached
+
+
+def gram(jac: Tensor) -> Tensor:
+    """``jac @ jac.T`` in float64 on the CPU, accumulated in float32 (float64 for float64 input).
+
+    On the CPU the entries are pairwise dot products: a BLAS matrix product
+    of a few rows can wait tens of milliseconds for its thread pool to wake.
+    """
+    acc = torch.float64 if jac.dtype == torch.float64 else torch.float32
+    mat = jac.to(acc)
+    if mat.device.type != "cpu":
+        return (mat @ mat.T).to(device="cpu", dtype=torch.float64)
+    count = mat.shape[0]
+    result = torch.empty(count, count, dtype=torch.float64)
+    for i in range(count):
+        for k in range(i, count):
+            result[i, k] = result[k, i] = torch.dot(mat[i], mat[k])
+    return result
