@@ -3,7 +3,9 @@ r"""Shared numerical solvers of the weighting methods (numpy, float64, on the CP
 - :func:`balance`: the paper's balancing rule :math:`w_t = 1 - x_t / \sum_j x_j` (GB, LB);
 - :func:`project_simplex`: Euclidean projection onto the probability simplex;
 - :func:`min_norm_weights`: the min-norm point of the convex hull of the task
-  gradients, from their Gram matrix (MGDA; CAGrad, MoCo, SDMGrad build on it).
+  gradients, from their Gram matrix (MGDA; CAGrad, MoCo, SDMGrad build on it);
+- :func:`dual_cone_weights`: projection onto the dual cone of the task gradients (UPGrad, DualProj);
+- :func:`fair_weights`: the solution of :math:`G w = w^{-1/\alpha}` (FairGrad; Nash-MTL at 1).
 
 The Gram-matrix solvers take a ``numpy`` array: ``gram.numpy()`` of the
 ``(T, T)`` float64 CPU tensor a :class:`~mtlweight.gradient_level.GramWeighting`
@@ -17,7 +19,14 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-__all__ = ["Array", "balance", "min_norm_weights", "project_simplex"]
+__all__ = [
+    "Array",
+    "balance",
+    "dual_cone_weights",
+    "fair_weights",
+    "min_norm_weights",
+    "project_simplex",
+]
 
 Array = NDArray[np.float64]
 
@@ -157,3 +166,171 @@ def min_norm_weights(gram: Array, *, tol: float = 1e-12) -> Array:
             support = idx[keep].tolist()
     value = float(w @ g @ w)
     return w if value <= best_value else best
+
+
+def _nonneg_least_squares(a: Array, b: Array, *, tol: float) -> Array:
+    """``argmin_{x >= 0} ||a x - b||`` by the active-set method of Lawson and Hanson (1974).
+
+    Finite; each inner solve is a least-squares problem on the free columns,
+    so rank-deficient ``a`` needs no special case. ``tol`` bounds the
+    gradient ``a^T (b - a x)`` of the optimality test.
+    """
+    count = a.shape[1]
+    x = np.zeros(count)
+    free = np.zeros(count, dtype=bool)
+    for _ in range(3 * count + 10):
+        gradient = a.T @ (b - a @ x)
+        candidates = np.where(free, -np.inf, gradient)
+        j = int(np.argmax(candidates))
+        if not candidates[j] > tol:
+            break
+        free[j] = True
+        while True:
+            z = np.zeros(count)
+            z[free] = np.linalg.lstsq(a[:, free], b, rcond=None)[0]
+            if np.all(z[free] > 0.0):
+                x = z
+                break
+            blocking = free & (z <= 0.0)
+            step = float(np.min(x[blocking] / (x[blocking] - z[blocking])))
+            x = x + step * (z - x)
+            free &= x > tol * 1e-6
+            x[~free] = 0.0
+            if not free.any():
+                break
+    return x
+
+
+def dual_cone_weights(gram: Array, u: Array, *, tol: float = 1e-13) -> Array:
+    r"""Weights of the projection of :math:`J^\top u` onto the dual cone of the rows of :math:`J`.
+
+    The dual cone is :math:`\{x : J x \ge 0\}`, the directions that conflict
+    with no task gradient. Its projection is a combination of the rows,
+    :math:`\pi_J(J^\top u) = J^\top w`, whose weights solve (Proposition 1 of
+    `Jacobian Descent for Multi-Objective Optimization`)
+
+    .. math::
+
+        w = \operatorname*{arg\,min}_{v \ge u} v^\top G v, \qquad G = J J^\top.
+
+    With :math:`v = u + s` and :math:`G = R^\top R` (from the eigendecomposition),
+    this is the non-negative least-squares problem
+    :math:`\min_{s \ge 0} \lVert R s + R u \rVert`, solved exactly (up to
+    rounding) by an active-set method: no regularisation of :math:`G`.
+
+    Parameters
+    ----------
+    gram
+        Symmetric positive semi-definite ``(T, T)`` array.
+    u
+        ``(T,)`` weights of the vector to project.
+    tol
+        Optimality tolerance on the cosines of the projection with the task gradients.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(T,)`` weights :math:`w \ge u`; ``u`` itself when every gradient is zero.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> gram = np.array([[1.0, -1.0], [-1.0, 2.0]])  # g1 = (1, 0), g2 = (-1, 1)
+    >>> dual_cone_weights(gram, np.array([1.0, 0.0]))  # pi(g1) = g1 + g2 / 2 = (0.5, 0.5)
+    array([1. , 0.5])
+    """
+    u = np.asarray(u, dtype=np.float64)
+    norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))
+    live = np.flatnonzero(norms > 0.0)
+    result: Array = u.copy()
+    if live.size == 0:
+        return result
+    # In y = n * v (n the gradient norms) the problem is min_{y >= n u} y^T C y with C the
+    # cosine matrix: its scale does not depend on how badly the rows are scaled.
+    n = norms[live]
+    cosines = gram[np.ix_(live, live)] / np.outer(n, n)
+    eigenvalues, vectors = np.linalg.eigh((cosines + cosines.T) / 2)
+    root = np.sqrt(np.clip(eigenvalues, 0.0, None))[:, None] * vectors.T  # C = R^T R
+    lower = n * u[live]
+    slack = _nonneg_least_squares(root, -(root @ lower), tol=tol * max(1.0, np.abs(lower).max()))
+    result[live] = (lower + slack) / n
+    return result
+
+
+def fair_weights(
+    gram: Array, alpha: float, *, ridge: float = 1e-10, tol: float = 1e-24, max_iter: int = 100
+) -> Array:
+    r"""Solve :math:`G w = w^{-1/\alpha}` (elementwise), :math:`w > 0`: FairGrad's equation.
+
+    It is the stationarity condition of the strictly convex problem
+
+    .. math::
+
+        \min_{w > 0}\ \tfrac12 w^\top (G + \epsilon D) w + \sum_t h(w_t), \qquad
+        h(x) = \begin{cases} -\log x & \alpha = 1 \\
+               -\frac{x^{1 - 1/\alpha}}{1 - 1/\alpha} & \alpha \ne 1 \end{cases}
+
+    (:math:`h'' > 0` for every :math:`\alpha > 0`), solved by Newton's method
+    with a backtracking line search that keeps :math:`w > 0`. :math:`\alpha = 1`
+    is Nash-MTL's equation :math:`G w = 1/w`. The ridge :math:`\epsilon D`
+    (:math:`D` the diagonal of :math:`G`) makes degenerate gradients (two
+    opposite ones) solvable, where the exact equation has no solution. A
+    task with a zero gradient has none either: it gets
+    :math:`(\max_t G_{tt})^{-\alpha/(1+\alpha)}`, the scale of the others,
+    and is left out.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> fair_weights(np.array([[1.0, 0.0], [0.0, 4.0]]), 1.0).round(6)  # 1 / ||g_t||
+    array([1. , 0.5])
+    >>> fair_weights(np.array([[1.0, 0.0], [0.0, 4.0]]), 2.0).round(6)  # ||g_t||^(-4/3)
+    array([1.     , 0.39685])
+    """
+    if not alpha > 0.0:
+        raise ValueError(f"fair_weights needs alpha > 0; found {alpha}")
+    count = gram.shape[0]
+    diag = np.diag(gram)
+    scale = float(np.max(diag, initial=0.0))
+    power = alpha / (1.0 + alpha)  # G -> c G scales w by c^(-power)
+    if not scale > 0.0:
+        return np.ones(count)
+    result = np.full(count, scale**-power)
+    live = np.flatnonzero(diag > 1e-24 * scale)
+    a = gram[np.ix_(live, live)] / scale
+    a = a + ridge * np.diag(np.diag(a))
+    exponent = 1.0 - 1.0 / alpha
+
+    def objective(x: Array) -> float:
+        penalty = -np.sum(np.log(x)) if alpha == 1.0 else -np.sum(x**exponent) / exponent
+        return float(0.5 * x @ a @ x + penalty)
+
+    w = np.diag(a) ** -power  # exact for orthogonal gradients
+    value = objective(w)
+    for _ in range(max_iter):
+        grad = a @ w - w ** (-1.0 / alpha)
+        hessian = a + np.diag(w ** (-1.0 / alpha - 1.0) / alpha)
+        step = np.linalg.solve(hessian, grad)
+        decrement = float(grad @ step)
+        if not decrement > tol:
+            break
+        moving = step > 0  # at most 99% of the way to the boundary w = 0
+        with np.errstate(divide="ignore", over="ignore"):
+            bound = float(np.min(w[moving] / step[moving], initial=np.inf))
+        t = min(1.0, 0.99 * bound)
+        while t > 1e-12:
+            candidate = w - t * step
+            new_value = objective(candidate)
+            if new_value <= value - 0.25 * t * decrement:
+                break
+            # near the solution the decrease is below the rounding of the objective:
+            # then accept a step that shrinks the residual of the equation
+            residual = a @ candidate - candidate ** (-1.0 / alpha)
+            if new_value <= value + 1e-12 * abs(value) and residual @ residual < grad @ grad:
+                break
+            t *= 0.5
+        else:
+            break
+        w, value = candidate, new_value
+    result[live] = w * scale**-power
+    return result

@@ -1,0 +1,42 @@
+"""Base of the Gram-matrix methods with per-task state between steps (GradVac, SDMGrad, MoDo)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from mtlweight._base import Stateful
+from mtlweight.gradient_level._base import GramWeighting
+
+__all__ = ["TaskStateWeighting"]
+
+
+class TaskStateWeighting(GramWeighting, Stateful):
+    r"""A :class:`GramWeighting` whose state has one entry (or row and column) per task.
+
+    The task names are fixed at the first call and the state is kept in that
+    order; a later call may list the tasks in any order: :meth:`state_order`
+    gives this call's Gram matrix in the order of :attr:`tasks`, and
+    :meth:`call_order` turns weights computed in that order back into this
+    call's order. The state itself is a function of the Gram matrix only, so
+    ``representation=`` works as for the other methods.
+    """
+
+    _order: list[int] | None = None
+
+    def reused_weights(self, names: list[str]) -> Tensor | None:
+        # Called before every combine: remember how this call's tasks map to the state.
+        assert self.tasks is not None
+        self._order = None if names == self.tasks else [names.index(t) for t in self.tasks]
+        return None
+
+    def state_order(self, gram: Tensor) -> Tensor:
+        """This step's ``(T, T)`` Gram matrix, rows and columns in the order of :attr:`tasks`."""
+        return gram if self._order is None else gram[self._order][:, self._order]
+
+    def call_order(self, per_task: Tensor) -> Tensor:
+        """A ``(T,)`` tensor in the order of :attr:`tasks` back in this call's order."""
+        if self._order is None:
+            return per_task
+        result = per_task.clone()
+        result[self._order] = per_task
+        return result
