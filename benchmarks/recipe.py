@@ -40,34 +40,29 @@ import json
 import math
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from menet.data import PairedFolder, load_split
-from menet.evaluate import evaluate_pairs, summarize
-from menet.train import TrainConfig, train
+from menet.train import TrainConfig
 
-from _common import RESULTS, machine, markdown_table, write_json
-from quality import PROTOCOLS, _mean_sd, default_data_root
-
-#: The paper's choice and the fast recipe's choice of each part, as TrainConfig fields.
-PARTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "cosine": ({"lr_schedule": "step"}, {"lr_schedule": "cosine"}),
-    "clip": ({"clip_grad_norm": None}, {"clip_grad_norm": 1.0}),
-    "texture_sum": ({"texture_normalize": True}, {"texture_normalize": False}),
-    "zero_init": ({"zero_init_residual": False}, {"zero_init_residual": True}),
-}
+from _common import RESULTS, markdown_table, write_json
+from _training import (
+    PROTOCOLS,
+    RECIPE_PARTS,
+    default_data_root,
+    mean_sd,
+    recipe,
+    train_and_score,
+)
 
 
 def rows() -> dict[str, dict[str, Any]]:
     """Row key -> TrainConfig overrides."""
-    paper = {k: v for old, _ in PARTS.values() for k, v in old.items()}
-    fast = {k: v for _, new in PARTS.values() for k, v in new.items()}
-    out = {"paper": paper, "fast": fast}
-    for part, (old, _) in PARTS.items():
+    fast = recipe("fast")
+    out = {"paper": recipe("paper"), "fast": fast}
+    for part, (old, _) in RECIPE_PARTS.items():
         out[f"fast-{part}"] = {**fast, **old}
     return out
 
@@ -80,22 +75,10 @@ def run_one(key: str, overrides: dict[str, Any], seed: int, args: argparse.Names
         patches="random", patch_size=args.patch, patches_per_image=args.patches_per_image,
         batch_size=args.batch, weighting="gb", gb_shared="last_conv", variant="shallow-ca",
         device="cpu", epochs=None, steps=args.steps, seed=seed, lr=args.lr,
-        progress=False, cache=True, resume=(out / "last.ckpt").is_file(), **overrides,
+        progress=False, cache=True, **overrides,
     )
-    result = train(config)
-    if result.interrupted:
-        raise KeyboardInterrupt
-    test = PairedFolder(data / args.dataset, ids=load_split(split)["test"], cache=True)
-    scores = {}
-    start = time.perf_counter()
-    for protocol in PROTOCOLS:
-        records = evaluate_pairs(result.model, test, protocol, batch_size=10,
-                                 crop_size=args.crop, progress=False)
-        scores[protocol] = summarize(records)
-    return {"row": key, "seed": seed, "overrides": overrides, "budget": budget(args),
-            "steps": result.step, "train_seconds": result.seconds,
-            "eval_seconds": time.perf_counter() - start,
-            "final_weights": result.last.weights if result.last else {}, "scores": scores}
+    scored = train_and_score(config, data / args.dataset, split, crop=args.crop)
+    return {"row": key, "seed": seed, "overrides": overrides, "budget": budget(args), **scored}
 
 
 def budget(args: argparse.Namespace) -> dict[str, Any]:
@@ -113,7 +96,7 @@ def table(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                                 "train_seconds": sum(r["train_seconds"] for r in rs) / len(rs)}
         for protocol in PROTOCOLS:
             for metric in ("output_psnr", "output_ssim", "input_psnr"):
-                m, s = _mean_sd([r["scores"][protocol][metric] for r in rs])
+                m, s = mean_sd([r["scores"][protocol][metric] for r in rs])
                 cell[f"{protocol}_{metric}"] = {"mean": m, "sd": s, "n": len(rs)}
         out[key] = cell
     return out

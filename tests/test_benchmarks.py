@@ -24,6 +24,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import quality  # noqa: E402
+import recipe  # noqa: E402
 import speed  # noqa: E402
 
 from menet.model import MENET  # noqa: E402
@@ -161,7 +162,9 @@ def _fake_data(root: Path) -> Path:
 def test_quality_quick_on_tiny_data(tmp_path: Path) -> None:
     root = _fake_data(tmp_path / "data")
     out = tmp_path / "quality.json"
-    assert quality.main(["--quick", "--data", str(root), "--out", str(out)]) == 0
+    runs = tmp_path / "runs"
+    args = ["--quick", "--data", str(root), "--out", str(out), "--runs-dir", str(runs)]
+    assert quality.main(args) == 0
     data = json.loads(out.read_text())
     assert MACHINE_KEYS <= set(data["machine"])
     assert data["config"]["complete"] is True
@@ -177,6 +180,64 @@ def test_quality_quick_on_tiny_data(tmp_path: Path) -> None:
     out.with_suffix(".md").unlink()
     assert quality.main(["--render", "--out", str(out)]) == 0  # Markdown again from the JSON
     assert out.with_suffix(".md").read_text() == md
+    assert "gains" in md  # the check that the budget is real (Lp vs the rainy input)
+    # Every run kept its checkpoint under --runs-dir, at the 2 steps of the budget.
+    assert len(list(runs.rglob("last.ckpt"))) == 4
+
+
+def test_quality_resumes_an_interrupted_run(tmp_path: Path) -> None:
+    """A run cut short (its checkpoint at step 1 of 2) continues from that checkpoint."""
+    root = _fake_data(tmp_path / "data")
+    runs = tmp_path / "runs"
+    base = ["--data", str(root), "--rows", "lp", "--seeds", "0", "--batch", "2", "--patch",
+            "32", "--patches-per-image", "1", "--crop", "32", "--runs-dir", str(runs)]
+    assert quality.main([*base, "--steps", "1", "--out", str(tmp_path / "a.json")]) == 0
+    # Pretend the 1-step run was the first half of a 2-step one: same folder, same budget.
+    (first,) = runs.rglob("last.ckpt")
+    target = runs / first.parent.parent.name.replace("steps1", "steps2") / first.parent.name
+    target.parent.mkdir(parents=True)
+    first.parent.rename(target)
+    ckpt = torch.load(target / "last.ckpt", weights_only=True)
+    ckpt["config"]["steps"] = 2
+    ckpt["total_steps"] = 2
+    torch.save(ckpt, target / "last.ckpt")
+    assert quality.main([*base, "--steps", "2", "--out", str(tmp_path / "b.json")]) == 0
+    (run,) = json.loads((tmp_path / "b.json").read_text())["runs"]
+    assert run["steps"] == 2
+    rows = (target / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]  # step 1 kept, only step 2 new
+
+
+def test_quality_budget_check() -> None:
+    low = quality.budget_check(quality.aggregate([_run("lp", 0, 23.0)]))  # input 20 dB
+    high = quality.budget_check(quality.aggregate([_run("lp", 0, 26.0)]))
+    assert "+3.00 dB" in low[0] and "train longer" in low[0]
+    assert "+6.00 dB" in high[0] and "a real budget" in high[0]
+
+
+def test_recipe_rows_are_leave_one_out() -> None:
+    table = recipe.rows()
+    fast, paper = table["fast"], table["paper"]
+    assert set(fast) == set(paper) and all(fast[k] != paper[k] for k in fast)
+    for part in recipe.RECIPE_PARTS:
+        row = table[f"fast-{part}"]
+        changed = [k for k in fast if row[k] != fast[k]]
+        assert len(changed) == 1 and row[changed[0]] == paper[changed[0]]
+
+
+def test_recipe_quick_on_tiny_data(tmp_path: Path) -> None:
+    root = _fake_data(tmp_path / "data")
+    out = tmp_path / "recipe.json"
+    argv = ["--quick", "--data", str(root), "--out", str(out), "--rows", "paper", "fast",
+            "--runs-dir", str(tmp_path / "runs")]
+    assert recipe.main(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["config"]["complete"] is True and set(data["table"]) == {"paper", "fast"}
+    assert {r["overrides"]["lr_schedule"] for r in data["runs"]} == {"step", "cosine"}
+    md = out.with_suffix(".md").read_text()
+    assert "| fast |" in md and "| paper |" in md
+    assert recipe.main([*argv, "--resume"]) == 0  # both runs reused from the JSON
+    assert json.loads(out.read_text())["runs"] == data["runs"]
 
 
 def test_quality_skips_without_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
