@@ -12,13 +12,16 @@ per-task gradients of shared inputs); both are re-exported here.
 """
 
 from mtlweight import autograd, functional, gradient_level, loss_level, losses
-from mtlweight._aggregator import GradientAggregator
 from mtlweight._base import Weighting
 from mtlweight._registry import available, get, register
 from mtlweight.gradient_level import *  # noqa: F403
+from mtlweight.gradient_level import GradientMethod
 from mtlweight.loss_level import *  # noqa: F403
 
 __version__ = "0.1.0"
+
+#: The former name of :class:`GradientMethod` (kept as an alias).
+GradientAggregator = GradientMethod
 
 __all__ = [
     "GradientAggregator",

@@ -10,12 +10,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtlweight._solvers import balance
 from mtlweight._validation import Losses, check_finite, check_min_tasks, normalise_losses
-from mtlweight.autograd import as_inputs, grad_norms, task_gradients
 from mtlweight.distributed import all_reduce_mean, is_distributed
 
-__all__ = ["Weighting", "balance"]
+__all__ = ["Stateful", "Weighting"]
 
 
 class Weighting(nn.Module, ABC):
@@ -62,16 +60,14 @@ class Weighting(nn.Module, ABC):
     Notes
     -----
     Subclasses implement :meth:`compute_weights`. Class attribute
-    ``min_tasks`` is the smallest number of tasks a strategy accepts;
-    ``stateful`` strategies fix the task names at the first call;
-    ``needs_representation`` strategies must be called with
-    ``representation=``, so generic training code can tell.
+    ``min_tasks`` is the smallest number of tasks a strategy accepts.
+    Strategies with per-task state derive from :class:`Stateful` (their task
+    names are fixed at the first call); :attr:`needs_representation` tells
+    generic training code that a strategy must be called with
+    ``representation=``.
     """
 
     min_tasks: int = 1
-    stateful: bool = False
-    #: True for strategies that must be called with ``representation=`` (MGDA-UB).
-    needs_representation: bool = False
     _why_min_tasks: str = ""
 
     def __init__(
@@ -210,45 +206,19 @@ class Weighting(nn.Module, ABC):
         return value
 
 
-    def grad_norm_statistic(
-        self,
-        losses: list[Tensor],
-        shared: list[Tensor] | None,
-        representation: Tensor | None = None,
-    ) -> Tensor:
-        """Per-task gradient norms, identical on every rank; kept as ``statistics["grad_norm"]``.
-
-        With a ``representation`` (it wins over ``shared``) the squared norms
-        are averaged across processes: the representation holds per-sample
-        values, squared norms add up over samples, and the common factor
-        ``1/R`` does not change normalised weights. With shared parameters
-        under :mod:`torch.distributed`, the per-task gradients are averaged
-        before the norms are taken: with mean losses, the norms one process
-        would compute on the combined batch. Raises ``ValueError`` if no loss
-        depends on the representation.
-        """
-        if representation is not None:
-            features = as_inputs(representation)
-            squared = grad_norms(losses, features).square()
-            norms = self.statistic("grad_norm_squared", squared).sqrt()
-            if not bool(norms.any()):
-                _check_reached(type(self).__name__, losses, features)
-        elif shared is None:
-            raise ValueError(f"{type(self).__name__} needs shared parameters or a representation")
-        elif self.sync and is_distributed():
-            grads = self.statistic("task_gradients", task_gradients(losses, shared))
-            del self.statistics["task_gradients"]
-            norms = grads.norm(dim=1)
-        else:
-            norms = grad_norms(losses, shared)
-        self.statistics["grad_norm"] = norms
-        return norms
-
     # ------------------------------------------------------------ helpers
+    @property
+    def needs_representation(self) -> bool:
+        """Whether every call must pass ``representation=`` (MGDA-UB); ``False`` here."""
+        return False
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the strategy keeps per-task state (derives from :class:`Stateful`)."""
+        return isinstance(self, Stateful)
+
     def _check_tasks(self, names: list[str]) -> None:
         if self.tasks is None:
-            if self.stateful:
-                self.tasks = list(names)
             return
         missing = [t for t in self.tasks if t not in names]
         if missing:
@@ -270,6 +240,7 @@ class Weighting(nn.Module, ABC):
 
     def get_extra_state(self) -> dict[str, Any]:
         return {
+            "strategy": type(self).__name__,
             "tasks": self.tasks,
             "step": self.step,
             "weights": dict(self._weights),
@@ -282,6 +253,13 @@ class Weighting(nn.Module, ABC):
                 f"{type(self).__name__}: the state to load is not a weighting state "
                 f"(expected keys tasks, step, history; found {type(state).__name__})"
             )
+        saved = state.get("strategy", type(self).__name__)  # absent in older checkpoints
+        if saved != type(self).__name__:
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: the state was saved by {saved}, not by "
+                f"{type(self).__name__}; build a {saved} to load it (mw.get(name) with the name "
+                "it was trained with)"
+            )
         self.tasks = None if state["tasks"] is None else list(state["tasks"])
         self.step = int(state["step"])
         self._weights = dict(state.get("weights", {}))
@@ -291,17 +269,16 @@ class Weighting(nn.Module, ABC):
         return "" if self.tasks is None else f"tasks={self.tasks}"
 
 
-def _check_reached(strategy: str, losses: list[Tensor], features: list[Tensor]) -> None:
-    """Raise if no loss depends on the representation (a copy, a detached tensor)."""
-    reaching = [loss for loss in losses if loss.requires_grad]
-    if reaching:
-        total = torch.stack([loss.reshape(()) for loss in reaching]).sum()
-        grads = torch.autograd.grad(total, features, retain_graph=True, allow_unused=True)
-        if any(g is not None for g in grads):
-            return
-    raise ValueError(
-        f"{strategy}: no loss depends on the given representation, so every gradient "
-        "norm would be zero. Pass the tensor the losses are computed from (not a detached "
-        "or copied one: a whole-model torch.compile graph or DDP with "
-        "find_unused_parameters=True return such copies; use shared parameters there)"
-    )
+class Stateful(Weighting):
+    """A strategy with per-task state: its task names are fixed at its first call.
+
+    The state (a buffer, a parameter, an extra state entry) is kept in the
+    order of :attr:`~Weighting.tasks`; later calls must use the same names, in
+    any order (:meth:`~Weighting.task_index` maps them). Derive from it next to
+    the strategy's other base, e.g. ``class NashMTL(GramWeighting, Stateful)``.
+    """
+
+    def _check_tasks(self, names: list[str]) -> None:
+        if self.tasks is None:
+            self.tasks = list(names)
+        super()._check_tasks(names)

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (one row per line in TABLE)
 """Select a strategy by name: for command lines and configuration files.
 
 :data:`TABLE` is the one table of every built-in name: one row per strategy,
@@ -18,25 +19,38 @@ from mtlweight._base import Weighting
 
 __all__ = ["TABLE", "available", "get", "register"]
 
-# name            class, as "module.Class" under mtlweight              aliases
+# name          class, as "module.Class" under mtlweight             aliases
 TABLE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("fixed",        "_fixed.Fixed",                                    ()),
-    ("gb",           "_gradient_balance.GradientBalance",               ("gradient_balance", "gradientbalance")),  # noqa: E501
-    ("lb",           "_loss_balance.LossBalance",                       ("loss_balance", "lossbalance")),  # noqa: E501
-    ("equal",        "_equal.EqualWeight",                              ("ew", "equal_weight")),
-    ("uncertainty",  "_uncertainty.UncertaintyWeighting",               ("uw", "uncertainty_weighting")),  # noqa: E501
-    ("dwa",          "_dwa.DynamicWeightAverage",                       ("dynamic_weight_average",)),  # noqa: E501
-    ("rlw",          "_rlw.RandomLossWeighting",                        ("random", "random_loss_weighting")),  # noqa: E501
-    ("gls",          "_geometric.GeometricMean",                        ("geometric", "geometric_mean")),  # noqa: E501
-    ("gradnorm",     "_gradnorm.GradNorm",                              ("grad_norm",)),
-    ("imtl_l",       "_imtl_l.IMTLL",                                   ("imtll",)),
-    ("pcgrad",       "_pcgrad.PCGrad",                                  ("pc_grad",)),
-    ("mgda",         "_mgda.MGDA",                                      ()),
-    ("mgda_ub",      "_mgda.MGDAUB",                                    ("mgdaub",)),
-    ("cagrad",       "_cagrad.CAGrad",                                  ("ca_grad",)),
-    ("imtl_g",       "_imtl_g.IMTLG",                                   ("imtlg",)),
-    ("nash_mtl",     "_nash_mtl.NashMTL",                               ("nash", "nashmtl")),
-    ("aligned_mtl",  "_aligned_mtl.AlignedMTL",                         ("alignedmtl", "aligned")),
+    ("fixed",        "loss_level._fixed.Fixed",                           ()),
+    ("gb",           "gradient_level._gradient_balance.GradientBalance",  ("gradient_balance", "gradientbalance")),
+    ("lb",           "loss_level._loss_balance.LossBalance",              ("loss_balance", "lossbalance")),
+    ("equal",        "loss_level._equal.EqualWeight",                     ("ew", "equal_weight")),
+    ("uncertainty",  "loss_level._uncertainty.UncertaintyWeighting",      ("uw", "uncertainty_weighting")),
+    ("dwa",          "loss_level._dwa.DynamicWeightAverage",              ("dynamic_weight_average",)),
+    ("rlw",          "loss_level._rlw.RandomLossWeighting",               ("random", "random_loss_weighting")),
+    ("gls",          "loss_level._geometric.GeometricMean",               ("geometric", "geometric_mean")),
+    ("gradnorm",     "loss_level._gradnorm.GradNorm",                     ("grad_norm",)),
+    ("imtl_l",       "loss_level._imtl_l.IMTLL",                          ("imtll",)),
+    ("pcgrad",       "gradient_level._pcgrad.PCGrad",                     ("pc_grad",)),
+    ("mgda",         "gradient_level._mgda.MGDA",                         ()),
+    ("mgda_ub",      "gradient_level._mgda.MGDAUB",                       ("mgdaub",)),
+    ("cagrad",       "gradient_level._cagrad.CAGrad",                     ("ca_grad",)),
+    ("imtl_g",       "gradient_level._imtl_g.IMTLG",                      ("imtlg",)),
+    ("nash_mtl",     "gradient_level._nash_mtl.NashMTL",                  ("nash", "nashmtl")),
+    ("aligned_mtl",  "gradient_level._aligned_mtl.AlignedMTL",            ("alignedmtl", "aligned")),
+    ("upgrad",       "gradient_level._upgrad.UPGrad",                     ()),
+    ("dualproj",     "gradient_level._dualproj.DualProj",                 ("dual_proj",)),
+    ("config",       "gradient_level._config.ConFIG",                     ()),
+    ("fairgrad",     "gradient_level._fairgrad.FairGrad",                 ("fair_grad",)),
+    ("gradvac",      "gradient_level._gradvac.GradVac",                   ("grad_vac",)),
+    ("sdmgrad",      "gradient_level._sdmgrad.SDMGrad",                   ()),
+    ("modo",         "gradient_level._modo.MoDo",                         ()),
+    ("graddrop",     "gradient_level._graddrop.GradDrop",                 ("grad_drop",)),
+    ("excess_mtl",   "gradient_level._excess_mtl.ExcessMTL",              ("excessmtl",)),
+    ("moco",         "gradient_level._moco.MoCo",                         ()),
+    ("db_mtl",       "gradient_level._db_mtl.DBMTL",                      ("dbmtl",)),
+    ("famo",         "loss_level._famo.FAMO",                             ()),
+    ("stch",         "loss_level._stch.STCH",                             ()),
     # new rows go here, one line each
 )
 

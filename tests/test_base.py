@@ -24,6 +24,7 @@ from helpers import (
 from torch import Tensor, nn
 
 import mtlweight as mw
+import mtlweight._base as mw_base
 
 # Builds a strategy for a model; keyword options go to its constructor (history_size).
 Factory = Callable[..., mw.Weighting]
@@ -89,8 +90,8 @@ class Equal(mw.Weighting):
         return torch.ones_like(values)
 
 
-class Stateful(Equal):
-    stateful = True
+class Stateful(Equal, mw_base.Stateful):
+    pass
 
 
 class AtLeastThree(Equal):

@@ -139,5 +139,6 @@ def test_every_strategy_builds_from_context(name: str) -> None:
     weighting = mw.get(name, shared=head, tasks=["a", "b"])
     assert isinstance(weighting, mw.Weighting)
     if "shared" in inspect.signature(type(weighting)).parameters:
-        assert weighting._shared == list(head.parameters())  # type: ignore[attr-defined]
+        resolved = weighting.shared.resolve(name)  # type: ignore[attr-defined]
+        assert resolved == list(head.parameters())
 

@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from mtlweight._base import Weighting
 from mtlweight._validation import Losses, check_finite
 from mtlweight.autograd import as_inputs
-from mtlweight.distributed import all_reduce_mean, is_distributed, world_size
-from mtlweight.gradient_level._inputs import SharedInputs, describe, gram, jacobian
+from mtlweight.distributed import is_distributed, world_size
+from mtlweight.gradient_level._inputs import SharedInputs, gram, jacobian, require_reached
 
 __all__ = ["Combination", "GradientMethod", "GramWeighting", "TaskSpecific"]
 
@@ -102,8 +102,8 @@ class GradientMethod(Weighting):
     near the output (the last shared layer) or pass ``representation=``.
     The shared parameters are resolved at every step (a module gives the
     parameters that require grad now: freezing a layer just works). If no
-    loss reaches the differentiated tensors, the call raises
-    :class:`ValueError` naming them.
+    loss reaches the ``representation=`` tensor (a detached copy, an extra
+    output of a compiled graph), the call raises :class:`ValueError` naming it.
 
     Under :mod:`torch.distributed` every rank uses the same :math:`w`,
     through :meth:`~mtlweight.Weighting.statistic`: for shared parameters
@@ -161,6 +161,9 @@ class GradientMethod(Weighting):
             ``(T,)`` detached losses.
         """
 
+    def check_losses(self, names: list[str], values: Tensor) -> None:
+        """Raise if this step's detached losses do not suit the method (before any backward)."""
+
     def reused_weights(self, names: list[str]) -> Tensor | None:
         """Weights to reuse at this step instead of combining (``None``: combine)."""
         return None
@@ -168,10 +171,6 @@ class GradientMethod(Weighting):
     def shared_parameters(self) -> list[Tensor]:
         """The shared tensors that require grad now (raises if there are none)."""
         return self.shared.resolve(type(self).__name__)
-
-    @property
-    def _shared(self) -> list[Tensor] | None:
-        return self.shared_parameters() if self.shared.given else None
 
     # ------------------------------------------------------------------ API
     def forward(self, losses: Losses, *, representation: Tensor | None = None) -> Tensor:
@@ -222,7 +221,7 @@ class GradientMethod(Weighting):
                 inputs, jac, combination = self._solve(names, tensors, values, representation)
                 weights, direction = combination.weights, combination.direction
             elif self.task_specific == "plain":
-                inputs, jac = self._jacobian(names, tensors, representation)
+                inputs, jac = self.jacobian(names, tensors, representation)
         except Exception:
             if fresh:  # a failed first call must not fix the task names
                 self.tasks = None
@@ -245,7 +244,8 @@ class GradientMethod(Weighting):
     def _solve(
         self, names: list[str], losses: list[Tensor], values: Tensor, representation: Tensor | None
     ) -> tuple[list[Tensor], Tensor, Combination]:
-        inputs, jac = self._jacobian(names, losses, representation)
+        self.check_losses(names, values)
+        inputs, jac = self.jacobian(names, losses, representation)
         g = gram(jac)
         if representation is not None and self.sync and is_distributed():
             # Each rank's columns are its own samples: Gram matrices add up over
@@ -264,39 +264,24 @@ class GradientMethod(Weighting):
         check_finite(names, weights, "weight")
         return inputs, jac, combination
 
-    def _jacobian(
+    def jacobian(
         self, names: list[str], losses: list[Tensor], representation: Tensor | None
     ) -> tuple[list[Tensor], Tensor]:
-        """The differentiated inputs and the ``(T, P)`` task gradients, checked."""
+        """The differentiated inputs and their ``(T, P)`` task gradients, checked finite.
+
+        One backward pass per task, stopping at the ``representation`` or the
+        shared parameters; averaged across processes for shared parameters.
+        """
         per_sample = representation is not None
         inputs = self._inputs(representation)
         jac, reached = jacobian(losses, inputs)
-        if self.sync and is_distributed():  # every rank raises together
-            reached = not bool(all_reduce_mean(torch.tensor([float(not reached)])).item() > 0)
-        if not reached:
-            raise ValueError(
-                f"{type(self).__name__}: no loss reaches {describe(inputs, per_sample)}, so "
-                "every task gradient would be zero. Pass the tensor the losses are computed "
-                "from (not a detached copy or an extra output of a compiled graph)"
-            )
+        require_reached(self, reached, inputs, per_sample)
         if not per_sample:
             jac = self.statistic("jacobian", jac)
             del self.statistics["jacobian"]  # T x P numbers: not kept between steps
         acc = torch.float64 if jac.dtype == torch.float64 else torch.float32
         check_finite(names, jac.to(acc).norm(dim=1), "gradient norm")
         return inputs, jac
-
-    def jacobian(
-        self, names: list[str], losses: list[Tensor], inputs: list[Tensor], *, average: bool = True
-    ) -> Tensor:
-        """The ``(T, P)`` task gradients of ``inputs``, checked; ``average``: across ranks."""
-        jac, _ = jacobian(losses, inputs)
-        if average:
-            jac = self.statistic("jacobian", jac)
-            del self.statistics["jacobian"]
-        acc = torch.float64 if jac.dtype == torch.float64 else torch.float32
-        check_finite(names, jac.to(acc).norm(dim=1), "gradient norm")
-        return jac
 
     def _inputs(self, representation: Tensor | None) -> list[Tensor]:
         if representation is not None:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from mtlweight.autograd import as_inputs
+from mtlweight.distributed import all_reduce_mean, is_distributed
 
-__all__ = ["SharedInputs", "describe", "gram", "jacobian"]
+if TYPE_CHECKING:
+    from mtlweight._base import Weighting
+
+__all__ = ["SharedInputs", "describe", "grad_norm_statistic", "gram", "jacobian", "require_reached"]
 
 
 class SharedInputs:
@@ -110,3 +115,57 @@ def gram(jac: Tensor) -> Tensor:
         for k in range(i, count):
             result[i, k] = result[k, i] = torch.dot(mat[i], mat[k])
     return result
+
+
+def require_reached(
+    weighting: Weighting, reached: bool, inputs: Sequence[Tensor], per_sample: bool
+) -> None:
+    """Raise ``ValueError`` naming the representation if no loss reached it (on any rank).
+
+    Shared parameters that no loss reaches are not an error: their task
+    gradients are zero, as documented for every method (GB: weights 1 - 1/T).
+    """
+    if not per_sample:
+        return
+    if weighting.sync and is_distributed():  # every rank raises together
+        reached = not bool(all_reduce_mean(torch.tensor([float(not reached)])).item() > 0)
+    if not reached:
+        raise ValueError(
+            f"{type(weighting).__name__}: no loss reaches {describe(inputs, per_sample)}, so "
+            "every task gradient would be zero. Pass the tensor the losses are computed from "
+            "(not a detached copy or an extra output of a compiled graph)"
+        )
+
+
+def grad_norm_statistic(
+    weighting: Weighting,
+    losses: list[Tensor],
+    shared: SharedInputs,
+    representation: Tensor | None = None,
+) -> Tensor:
+    """Per-task gradient norms, identical on every rank; kept as ``statistics["grad_norm"]``.
+
+    With a ``representation`` (it wins over ``shared``) the squared norms are
+    averaged across processes: the representation holds per-sample values,
+    squared norms add up over samples, and the common factor ``1/R`` does not
+    change normalised weights. With shared parameters under
+    :mod:`torch.distributed`, the per-task gradients are averaged before the
+    norms are taken: with mean losses, the norms one process would compute on
+    the combined batch. Raises ``ValueError`` if no loss reaches the tensors.
+    """
+    per_sample = representation is not None
+    inputs = as_inputs(representation) if representation is not None else shared.resolve(
+        type(weighting).__name__
+    )
+    jac, reached = jacobian(losses, inputs)
+    require_reached(weighting, reached, inputs, per_sample)
+    acc = torch.float64 if jac.dtype == torch.float64 else torch.float32
+    if per_sample:
+        norms = weighting.statistic("grad_norm_squared", jac.to(acc).square().sum(1)).sqrt()
+    else:
+        if weighting.sync and is_distributed():
+            jac = weighting.statistic("task_gradients", jac)
+            del weighting.statistics["task_gradients"]
+        norms = jac.to(acc).norm(dim=1)
+    weighting.statistics["grad_norm"] = norms
+    return norms

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from mtlweight._dwa import DynamicWeightAverage
-from mtlweight._equal import EqualWeight
-from mtlweight._fixed import Fixed
-from mtlweight._geometric import GeometricMean
-from mtlweight._gradnorm import GradNorm
-from mtlweight._imtl_l import IMTLL
-from mtlweight._loss_balance import LossBalance
-from mtlweight._rlw import RandomLossWeighting
-from mtlweight._uncertainty import UncertaintyWeighting
+from mtlweight.loss_level._dwa import DynamicWeightAverage
+from mtlweight.loss_level._equal import EqualWeight
+from mtlweight.loss_level._famo import FAMO
+from mtlweight.loss_level._fixed import Fixed
+from mtlweight.loss_level._geometric import GeometricMean
+from mtlweight.loss_level._gradnorm import GradNorm
+from mtlweight.loss_level._imtl_l import IMTLL
+from mtlweight.loss_level._loss_balance import LossBalance
+from mtlweight.loss_level._rlw import RandomLossWeighting
+from mtlweight.loss_level._stch import STCH
+from mtlweight.loss_level._uncertainty import UncertaintyWeighting
 
 __all__ = [
+    "FAMO",
     "IMTLL",
+    "STCH",
     "DynamicWeightAverage",
     "EqualWeight",
     "Fixed",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from mtlweight._base import Weighting, balance
+from mtlweight._base import Weighting
+from mtlweight._solvers import balance
 from mtlweight._validation import check_non_negative
 
 __all__ = ["LossBalance"]

@@ -13,7 +13,7 @@ from scipy.linalg import sqrtm
 from torch import nn
 
 import mtlweight as mw
-from mtlweight._aligned_mtl import aligned_mtl_weights
+from mtlweight.gradient_level._aligned_mtl import aligned_mtl_weights
 
 Array = NDArray[np.float64]
 

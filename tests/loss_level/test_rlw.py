@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import mtlweight as mw
-from mtlweight._rlw import _log_gamma
+from mtlweight.loss_level._rlw import _log_gamma
 
 FAST = settings(max_examples=25, deadline=None)
 

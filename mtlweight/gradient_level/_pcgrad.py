@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mtlweight._aggregator import Array, GradientAggregator, TaskSpecific
+from mtlweight._solvers import Array
+from mtlweight.gradient_level._base import GramWeighting, TaskSpecific
 
 __all__ = ["PCGrad", "pcgrad_coefficients"]
 
@@ -44,7 +45,7 @@ def pcgrad_coefficients(gram: Array, orders: Sequence[Sequence[int]]) -> Array:
     return coefficients
 
 
-class PCGrad(GradientAggregator):
+class PCGrad(GramWeighting):
     r"""PCGrad of `Gradient Surgery for Multi-Task Learning` (Yu, Kumar, Gupta,
     Levine, Hausman and Finn, 2020).
 
@@ -86,7 +87,7 @@ class PCGrad(GradientAggregator):
         ``state_dict``, so a resumed run draws the same orders.
     task_specific
         ``"plain"`` (default) or ``"weighted"``; see
-        :class:`~mtlweight.GradientAggregator`.
+        :class:`~mtlweight.GradientMethod`.
     **kwargs
         Passed to :class:`~mtlweight.Weighting`.
 
@@ -109,14 +110,12 @@ class PCGrad(GradientAggregator):
     tensor([0.5000, 1.5000])
     """
 
-    default_task_specific: TaskSpecific = "plain"
-
     def __init__(
         self,
         shared: nn.Module | Iterable[Tensor] | None = None,
         *,
         seed: int = 0,
-        task_specific: TaskSpecific | None = None,
+        task_specific: TaskSpecific = "plain",
         **kwargs: object,
     ) -> None:
         super().__init__(shared, task_specific=task_specific, **kwargs)
@@ -124,15 +123,14 @@ class PCGrad(GradientAggregator):
         self.generator = torch.Generator()
         self.generator.manual_seed(self.seed)
 
-    def aggregate(self, gram: Array, values: Tensor) -> Array:
+    def gram_weights(self, gram: Tensor, values: Tensor) -> Tensor:
         count = gram.shape[0]
         orders = []
         for i in range(count):
             others = [j for j in range(count) if j != i]
             perm = torch.randperm(len(others), generator=self.generator).tolist()
             orders.append([others[k] for k in perm])
-        result: Array = pcgrad_coefficients(gram, orders).sum(axis=0)
-        return result
+        return torch.from_numpy(pcgrad_coefficients(gram.numpy(), orders).sum(axis=0))
 
     def get_extra_state(self) -> dict[str, Any]:
         return {**super().get_extra_state(), "generator": self.generator.get_state()}

@@ -8,13 +8,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtlweight._base import Weighting
+from mtlweight._base import Stateful
 from mtlweight._validation import check_non_negative
 
 __all__ = ["DynamicWeightAverage"]
 
 
-class DynamicWeightAverage(Weighting):
+class DynamicWeightAverage(Stateful):
     r"""Dynamic weight average (DWA) of `End-to-End Multi-Task Learning with
     Attention` (Liu, Johns and Davison, CVPR 2019).
 
@@ -74,7 +74,6 @@ class DynamicWeightAverage(Weighting):
     {'pixel': 0.7551, 'edge': 1.2449}
     """
 
-    stateful = True
 
     def __init__(self, temperature: float = 2.0, *, per_epoch: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)

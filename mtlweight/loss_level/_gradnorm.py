@@ -9,16 +9,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtlweight._base import Weighting
+from mtlweight._base import Stateful
 from mtlweight._validation import check_finite
-from mtlweight.autograd import as_inputs
+from mtlweight.gradient_level._inputs import SharedInputs, grad_norm_statistic
 
 __all__ = ["GradNorm"]
 
 _FLOOR = 1e-6  # smallest weight kept after an update, so that every weight stays positive
 
 
-class GradNorm(Weighting):
+class GradNorm(Stateful):
     r"""GradNorm of `GradNorm: Gradient Normalization for Adaptive Loss
     Balancing in Deep Multitask Networks` (Chen, Badrinarayanan, Lee and
     Rabinovich, ICML 2018).
@@ -103,7 +103,6 @@ class GradNorm(Weighting):
     """
 
     min_tasks = 2
-    stateful = True
     _why_min_tasks = "with a single task the renormalised weight is always 1"
 
     def __init__(
@@ -122,7 +121,7 @@ class GradNorm(Weighting):
         self.alpha = float(alpha)
         self.lr = float(lr)
         # A plain list: the shared parameters belong to the user's model.
-        self._shared: list[Tensor] | None = None if shared is None else as_inputs(shared)
+        self.shared = SharedInputs(shared)  # resolved at each step
         # Both in the order of ``tasks``; created at the first call.
         self._task_weights: Tensor | None = None
         self._initial_losses: Tensor | None = None
@@ -142,7 +141,7 @@ class GradNorm(Weighting):
         *,
         representation: Tensor | None = None,
     ) -> Tensor:
-        if representation is None and self._shared is None:
+        if representation is None and not self.shared.given:
             raise ValueError(
                 "GradNorm needs the shared parameters (GradNorm(shared=...)) or a shared tensor "
                 "(weighting(losses, representation=features))"
@@ -155,7 +154,7 @@ class GradNorm(Weighting):
             raise ValueError(
                 f"GradNorm needs {needed}; loss of task {names[i]!r} is {float(values[i])}"
             )
-        norms = self.grad_norm_statistic(losses, self._shared, representation).to(values)
+        norms = grad_norm_statistic(self, losses, self.shared, representation).to(values)
         check_finite(names, norms, "gradient norm")
         current = self.statistic("loss", values)
         assert self.tasks is not None

@@ -15,7 +15,7 @@ from scipy.optimize import minimize
 from torch import nn
 
 import mtlweight as mw
-from mtlweight._cagrad import cagrad_dual
+from mtlweight.gradient_level._cagrad import cagrad_dual
 
 Array = NDArray[np.float64]
 finite = st.floats(-10, 10, allow_nan=False, width=64)

@@ -6,9 +6,11 @@ from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
-from mtlweight._aggregator import Array, GradientAggregator, TaskSpecific
+from mtlweight._solvers import Array
+from mtlweight.gradient_level._base import GramWeighting, TaskSpecific
 
 __all__ = ["AlignedMTL", "aligned_mtl_weights"]
 
@@ -47,7 +49,7 @@ def aligned_mtl_weights(gram: Array, scale: Scale = "min") -> Array:
     return result
 
 
-class AlignedMTL(GradientAggregator):
+class AlignedMTL(GramWeighting):
     r"""Aligned-MTL of `Independent Component Alignment for Multi-Task Learning`
     (Senushkin, Patakin, Kuznetsov and Konushin, CVPR 2023).
 
@@ -117,8 +119,8 @@ class AlignedMTL(GradientAggregator):
             raise ValueError(f"scale must be 'min', 'median' or 'rmse'; found {scale!r}")
         self.scale: Scale = scale
 
-    def aggregate(self, gram: Array, values: Tensor) -> Array:
-        return aligned_mtl_weights(gram, self.scale)
+    def gram_weights(self, gram: Tensor, values: Tensor) -> Tensor:
+        return torch.from_numpy(aligned_mtl_weights(gram.numpy(), self.scale))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, scale={self.scale!r}"

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from torch import Tensor, nn
 
-from mtlweight._base import Weighting, balance
-from mtlweight._validation import check_finite
-from mtlweight.autograd import as_inputs
+from mtlweight._base import Weighting
+from mtlweight._solvers import balance
+from mtlweight.gradient_level._base import GramWeighting
 
 __all__ = ["GradientBalance"]
 
 
-class GradientBalance(Weighting):
+class GradientBalance(GramWeighting):
     r"""Gradient-balanced weighting (GB) of `Multi-Task Learning Enhanced
     Single Image De-Raining` (Fan, Chen and Li), Algorithm 1.
 
@@ -41,9 +42,11 @@ class GradientBalance(Weighting):
     before the norms are taken (the norms one process would compute on the
     combined batch); with a representation the squared norms are averaged.
 
-    The norms come from :func:`mtlweight.autograd.grad_norms`: ``T`` backward
-    passes that stop at :math:`\theta`, write no ``.grad`` and keep the graph
-    for ``total.backward()``. Their cost depends on how deep :math:`\theta`
+    The norms are those of the rows of the per-task gradients :math:`J` of
+    :class:`~mtlweight.GradientMethod` (:math:`g_t = \sqrt{G_{tt}}`): ``T``
+    backward passes that stop at :math:`\theta`, write no ``.grad`` and keep
+    the graph for ``total.backward()``; ``gb.backward(losses)`` assembles the
+    update from them. Their cost depends on how deep :math:`\theta`
     sits: the last layer (the paper's choice) or a representation near the
     output is cheap; all parameters costs ``T`` full backward passes.
 
@@ -86,27 +89,15 @@ class GradientBalance(Weighting):
     _why_min_tasks = "with a single task its weight 1 - g/g is always zero"
 
     def __init__(
-        self, shared: nn.Module | Iterable[Tensor] | None = None, **kwargs: object
+        self, shared: nn.Module | Iterable[Tensor] | None = None, **kwargs: Any
     ) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        # A plain list: the shared parameters belong to the user's model, not
-        # to this module's state_dict.
-        self._shared: list[Tensor] | None = None if shared is None else as_inputs(shared)
+        super().__init__(shared, **kwargs)
 
-    def compute_weights(
-        self,
-        names: list[str],
-        losses: list[Tensor],
-        values: Tensor,
-        *,
-        representation: Tensor | None = None,
-    ) -> Tensor:
-        if representation is None and self._shared is None:
-            raise ValueError(
-                "GradientBalance needs the shared parameters (GradientBalance(shared=...)) or a "
-                "shared tensor (weighting(losses, representation=features))"
-            )
-        norms = self.grad_norm_statistic(losses, self._shared, representation).to(values)
-        check_finite(names, norms, "gradient norm")
+    def gram_weights(self, gram: Tensor, values: Tensor) -> Tensor:
+        norms = gram.diagonal().clamp_min(0.0).sqrt()
+        self.statistics["grad_norm"] = norms.to(values.dtype)
         return balance(norms)
 
+    def extra_repr(self) -> str:
+        plain = self.task_specific == "plain"
+        return super().extra_repr() if plain else Weighting.extra_repr(self)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import Tensor
 
-from mtlweight._aggregator import Array, GradientAggregator
+from mtlweight._solvers import Array
+from mtlweight.gradient_level._base import GramWeighting
 
 __all__ = ["IMTLG", "imtl_g_weights"]
 
@@ -44,7 +46,7 @@ def imtl_g_weights(gram: Array) -> Array:
     return alpha
 
 
-class IMTLG(GradientAggregator):
+class IMTLG(GramWeighting):
     r"""IMTL-G of `Towards Impartial Multi-task Learning` (Liu, Li, Kuang, Xue,
     Chen, Yang, Liao and Zhang, ICLR 2021).
 
@@ -100,5 +102,5 @@ class IMTLG(GradientAggregator):
     tensor([0.6667, 0.6667])
     """
 
-    def aggregate(self, gram: Array, values: Tensor) -> Array:
-        return imtl_g_weights(gram)
+    def gram_weights(self, gram: Tensor, values: Tensor) -> Tensor:
+        return torch.from_numpy(imtl_g_weights(gram.numpy()))

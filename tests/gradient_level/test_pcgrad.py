@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 import mtlweight as mw
-from mtlweight._pcgrad import pcgrad_coefficients
+from mtlweight.gradient_level._pcgrad import pcgrad_coefficients
 
 Array = NDArray[np.float64]
 # Zero or at least 1e-3 in size: squares of tinier numbers underflow in the reference.

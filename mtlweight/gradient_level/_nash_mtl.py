@@ -10,7 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mtlweight._aggregator import Array, GradientAggregator, TaskSpecific
+from mtlweight._base import Stateful
+from mtlweight._solvers import Array
+from mtlweight.gradient_level._base import GramWeighting, TaskSpecific
 
 __all__ = ["NashMTL", "nash_weights"]
 
@@ -82,7 +84,7 @@ def nash_weights(
     return result
 
 
-class NashMTL(GradientAggregator):
+class NashMTL(GramWeighting, Stateful):
     r"""Nash-MTL of `Multi-Task Learning as a Bargaining Game` (Navon, Shamsian,
     Achituve, Maron, Kawaguchi, Chechik and Fetaya, ICML 2022).
 
@@ -150,8 +152,6 @@ class NashMTL(GradientAggregator):
     {'0': 2.0305, '1': 1.0153}
     """
 
-    stateful = True
-
     def __init__(
         self,
         shared: nn.Module | Iterable[Tensor] | None = None,
@@ -170,19 +170,16 @@ class NashMTL(GradientAggregator):
         self.max_norm = float(max_norm)
         self.alpha: Tensor | None = None  # solution of the last update, for warm starts
 
-    def compute_weights(
-        self,
-        names: list[str],
-        losses: list[Tensor],
-        values: Tensor,
-        *,
-        representation: Tensor | None = None,
-    ) -> Tensor:
+    def reused_weights(self, names: list[str]) -> Tensor | None:
         if self.step % self.update_every != 0 and len(self._weights) == len(names):
-            return torch.tensor([self._weights[n] for n in names]).to(values)
-        return super().compute_weights(names, losses, values, representation=representation)
+            return torch.tensor([self._weights[n] for n in names], dtype=torch.float64)
+        return None
 
-    def aggregate(self, gram: Array, values: Tensor) -> Array:
+    def gram_weights(self, gram: Tensor, values: Tensor) -> Tensor:
+        return torch.from_numpy(self.solve(gram.numpy(), values))
+
+    def solve(self, gram: Array, values: Tensor) -> Array:
+        """The weights from the Gram matrix as a numpy array."""
         norm = float(np.linalg.norm(gram))
         if not norm > 0.0:
             return np.ones(gram.shape[0])

@@ -16,7 +16,7 @@ from scipy.optimize import minimize
 from torch import nn
 
 import mtlweight as mw
-from mtlweight._mgda import min_norm_weights
+from mtlweight._solvers import min_norm_weights
 
 Array = NDArray[np.float64]
 finite = st.floats(-10, 10, allow_nan=False, width=64)

@@ -6,17 +6,18 @@ from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
-from mtlweight._aggregator import Array, GradientAggregator, TaskSpecific
 from mtlweight._solvers import min_norm_weights
+from mtlweight.gradient_level._base import GramWeighting, TaskSpecific
 
 __all__ = ["MGDA", "MGDAUB", "min_norm_weights"]
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
 
 
-class MGDA(GradientAggregator):
+class MGDA(GramWeighting):
     r"""MGDA of `Multi-Task Learning as Multi-Objective Optimization` (Sener and
     Koltun, 2018): the min-norm point of the convex hull of the task gradients.
 
@@ -55,7 +56,7 @@ class MGDA(GradientAggregator):
     task_specific
         ``"weighted"`` (default, as the authors' code: heads get
         :math:`w_t \nabla L_t`) or ``"plain"``; see
-        :class:`~mtlweight.GradientAggregator`.
+        :class:`~mtlweight.GradientMethod`.
     **kwargs
         Passed to :class:`~mtlweight.Weighting`.
 
@@ -99,30 +100,23 @@ class MGDA(GradientAggregator):
             )
         self.normalization: Normalization = normalization
 
-    def compute_weights(
-        self,
-        names: list[str],
-        losses: list[Tensor],
-        values: Tensor,
-        *,
-        representation: Tensor | None = None,
-    ) -> Tensor:
+    def check_losses(self, names: list[str], values: Tensor) -> None:
         if self.normalization in ("loss", "loss+") and bool((values <= 0).any()):
             i = int((values <= 0).nonzero()[0])
             raise ValueError(
                 f"MGDA(normalization={self.normalization!r}) divides by the losses, which must "
                 f"be positive; loss of task {names[i]!r} is {float(values[i])}"
             )
-        return super().compute_weights(names, losses, values, representation=representation)
 
-    def aggregate(self, gram: Array, values: Tensor) -> Array:
+    def gram_weights(self, gram_t: Tensor, values: Tensor) -> Tensor:
+        gram = gram_t.numpy()
         scale = np.ones(gram.shape[0])
         if self.normalization in ("loss", "loss+"):
             scale = scale * values.detach().double().cpu().numpy()
         if self.normalization in ("l2", "loss+"):
             norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))
             scale = scale * np.where(norms > 0, norms, 1.0)
-        return min_norm_weights(gram / np.outer(scale, scale))
+        return torch.from_numpy(min_norm_weights(gram / np.outer(scale, scale)))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, normalization={self.normalization!r}"
@@ -152,4 +146,6 @@ class MGDAUB(MGDA):
     {'a': 0.8, 'b': 0.2}
     """
 
-    needs_representation = True
+    @property
+    def needs_representation(self) -> bool:
+        return True

@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtlweight._uncertainty import _LearnedScale
+from mtlweight.loss_level._learned_scale import LearnedScale
 
 __all__ = ["IMTLL"]
 
 
-class IMTLL(_LearnedScale):
+class IMTLL(LearnedScale):
     r"""Impartial loss balancing (IMTL-L) of `Towards Impartial Multi-task
     Learning` (Liu, Li, Kuang, Xue, Chen, Yang, Liao and Zhang, ICLR 2021).
 

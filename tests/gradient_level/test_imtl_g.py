@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 import mtlweight as mw
-from mtlweight._imtl_g import imtl_g_weights
+from mtlweight.gradient_level._imtl_g import imtl_g_weights
 
 Array = NDArray[np.float64]
 

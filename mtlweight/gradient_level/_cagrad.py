@@ -7,10 +7,11 @@ from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
-from mtlweight._aggregator import Array, GradientAggregator, TaskSpecific
-from mtlweight._mgda import min_norm_weights
+from mtlweight._solvers import Array, min_norm_weights
+from mtlweight.gradient_level._base import GramWeighting, TaskSpecific
 
 __all__ = ["CAGrad", "cagrad_dual"]
 
@@ -26,7 +27,7 @@ def cagrad_dual(gram: Array, rho: float, *, max_iter: int = 100, tol: float = 1e
     fixed :math:`s` the minimiser is :math:`u(s) = P_K(-(s/\rho)\, g_0)`, the
     min-norm point of the hull of the shifted gradients
     :math:`g_t + (s/\rho)\, g_0`, solved exactly by
-    :func:`~mtlweight._mgda.min_norm_weights`; the derivative in :math:`s`
+    :func:`~mtlweight._solvers.min_norm_weights`; the derivative in :math:`s`
     has the sign of :math:`s - \lVert u(s) \rVert`, whose root is found by
     regula falsi (Illinois) to ``tol`` times :math:`\max_t \lVert g_t \rVert`.
     The best :math:`w` met (vertices and centre included) is returned.
@@ -90,7 +91,7 @@ def cagrad_dual(gram: Array, rho: float, *, max_iter: int = 100, tol: float = 1e
     return np.asarray(candidates[int(np.argmin(values))], dtype=np.float64)
 
 
-class CAGrad(GradientAggregator):
+class CAGrad(GramWeighting):
     r"""CAGrad of `Conflict-Averse Gradient Descent for Multi-task Learning`
     (Liu, Liu, Jin, Stone and Liu, 2021).
 
@@ -178,7 +179,11 @@ class CAGrad(GradientAggregator):
         self.c = float(c)
         self.rescale = rescale
 
-    def aggregate(self, gram: Array, values: Tensor) -> Array:
+    def gram_weights(self, gram: Tensor, values: Tensor) -> Tensor:
+        return torch.from_numpy(self.solve(gram.numpy(), values))
+
+    def solve(self, gram: Array, values: Tensor) -> Array:
+        """The weights from the Gram matrix as a numpy array."""
         count = gram.shape[0]
         b = np.full(count, 1.0 / count)
         divisor = (1.0, 1.0 + self.c**2, 1.0 + self.c)[self.rescale]
