@@ -82,6 +82,25 @@ def interleaved_medians(
     return result
 
 
+def rss_mib(field: str = "VmHWM") -> float:
+    """This process's peak (``VmHWM``) or current (``VmRSS``) resident set in MiB (Linux).
+
+    Not ``resource.getrusage(...).ru_maxrss``: Linux carries it over ``exec``, so a
+    child started by a large parent reports at least the parent's peak.
+    """
+    with open("/proc/self/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Reset ``VmHWM`` to the current resident set (Linux >= 4.0: ``/proc/self/clear_refs``)."""
+    with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
+        f.write("5")
+
+
 def write_json(name: str, payload: Mapping[str, Any], out: Path | None = None) -> Path:
     """Write ``payload`` with the machine's description to ``benchmarks/results/NAME.json``."""
     path = out if out is not None else RESULTS / f"{name}.json"
@@ -113,7 +132,7 @@ def write_docs_results(out: Path | None = None) -> Path:
     """
     path = out if out is not None else DOCS_RESULTS
     parts: list[str] = []
-    for name in ("overhead", "speed", "quality", "quality-long"):
+    for name in ("overhead", "speed", "recipe", "quality", "quality-long"):
         md = RESULTS / f"{name}.md"
         if md.is_file():
             parts += [md.read_text(encoding="utf-8").rstrip(), ""]

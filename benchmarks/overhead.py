@@ -13,8 +13,11 @@ Targets (issue 5): LB <= 1.02x, GB on the last convolution <= 1.10x,
 GB on the representation <= 1.05x.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` around one step; on
-CPU, the peak resident set size of a fresh process running a few steps of one
-strategy (``ru_maxrss``), since the CPU allocator keeps no counter.
+CPU, the peak resident set of a fresh process per strategy running three steps of
+it (``VmHWM`` of that process alone, from ``/proc/self/status``), since the CPU
+allocator keeps no counter. Not ``ru_maxrss``: Linux carries it over ``exec``, so
+every child reported at least this script's own peak (issue 13: the same 2303 MiB
+for every strategy).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 from collections.abc import Callable
@@ -41,6 +43,7 @@ from _common import (
     interleaved_medians,
     machine,
     markdown_table,
+    rss_mib,
     write_docs_results,
     write_json,
 )
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         step = make_step(args.memory_probe, torch.device("cpu"), args.batch, args.patch)
         for _ in range(3):
             step()
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        print(rss_mib("VmHWM"))  # this process alone (ru_maxrss would include the parent's)
         return 0
 
     if args.quick:
@@ -201,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             f"repetitions after {args.warmup} warm-up, each strategy as a ratio to Fixed in "
             "the same run. Strategies that take shared parameters use the last convolution "
             "(as GB); `gb_all` uses every parameter, `gb_repr` and `mgda_ub` the output of "
-            "the last convolution. CPU peak memory is the peak resident set of a fresh "
-            "process running three steps.",
+            "the last convolution. CPU peak memory is the peak resident set (`VmHWM`) of a "
+            "fresh process per strategy running three steps of it.",
             "",
         ]
         (RESULTS / "overhead.md").write_text("\n".join(header + sections), encoding="utf-8")

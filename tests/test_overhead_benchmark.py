@@ -34,3 +34,20 @@ def test_memory_probe_reports_a_positive_peak() -> None:
     import torch
 
     assert overhead.peak_memory("lb", torch.device("cpu"), 1, 32) > 0
+
+
+def test_memory_probe_measures_the_child_alone() -> None:
+    """Each strategy's peak comes from its own fresh process: inflating this process's peak
+    by 1 GiB does not move the child's (``ru_maxrss`` is carried over exec; issue 13 saw the
+    same 2303 MiB for every strategy)."""
+    import torch
+
+    cpu = torch.device("cpu")
+    before = overhead.peak_memory("lb", cpu, 1, 32)
+    size = 2**30
+    buffer = bytearray(size)
+    buffer[::4096] = b"\x01" * (size // 4096)  # touch every page
+    del buffer
+    after = overhead.peak_memory("lb", cpu, 1, 32)
+    assert after < before + 256, (before, after)
+    assert after < overhead.rss_mib("VmHWM")  # below the peak of this (inflated) process
