@@ -460,3 +460,33 @@ def test_step_namedtuple_is_accepted_by_call(model: TinyMultiTask) -> None:
     call(lb, Step(model.losses()))
     call(lb, model.losses())
     assert lb.step == 2
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        (lambda: mw.LossBalance(), lambda: mw.DynamicWeightAverage()),
+        (lambda: mw.DynamicWeightAverage(), lambda: mw.LossBalance()),
+        (lambda: mw.LossBalance(), lambda: mw.GeometricMean()),
+        (
+            lambda: mw.MGDA([nn.Parameter(torch.ones(2))]),
+            lambda: mw.NashMTL([nn.Parameter(torch.ones(2))]),
+        ),
+    ],
+)
+def test_a_foreign_state_is_refused_naming_both_classes(source: Any, target: Any) -> None:
+    """Before: LossBalance's state loaded silently into DWA."""
+    saved, loading = source(), target()
+    with pytest.raises(
+        ValueError,
+        match=rf"{type(loading).__name__}.load_state_dict: the state "
+        rf"was saved by {type(saved).__name__}, not by {type(loading).__name__}",
+    ):
+        loading.load_state_dict(saved.state_dict())
+
+
+def test_a_state_without_the_strategy_name_still_loads() -> None:
+    """Checkpoints written before the name was saved keep loading."""
+    state = mw.LossBalance().state_dict()
+    state["_extra_state"].pop("strategy")
+    mw.LossBalance().load_state_dict(state)

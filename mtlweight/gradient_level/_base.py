@@ -13,8 +13,17 @@ from torch import Tensor, nn
 from mtlweight._base import Weighting
 from mtlweight._validation import Losses, check_finite
 from mtlweight.autograd import as_inputs
-from mtlweight.distributed import is_distributed, world_size
-from mtlweight.gradient_level._inputs import SharedInputs, gram, jacobian, require_reached
+from mtlweight.distributed import all_reduce_mean, is_distributed, world_size
+from mtlweight.gradient_level._inputs import (
+    Accumulated,
+    SharedInputs,
+    add_grad,
+    gram,
+    graph_leaves,
+    jacobian,
+    per_task_gradients,
+    require_reached,
+)
 
 __all__ = ["Combination", "GradientMethod", "GramWeighting", "TaskSpecific"]
 
@@ -145,6 +154,7 @@ class GradientMethod(Weighting):
         self.task_specific: TaskSpecific = mode
         # Not a state: the shared parameters belong to the user's model.
         self.shared = SharedInputs(shared)
+        self._accumulated: Accumulated | None = None
 
     @abstractmethod
     def combine(self, jac: Tensor, gram: Tensor, values: Tensor) -> Combination:
@@ -240,14 +250,127 @@ class GradientMethod(Weighting):
             self._fire_forward_hooks((losses,), {"representation": representation}, tensors)
         return self.weights
 
+    def accumulate(self, losses: Losses) -> None:
+        r"""Add one micro-batch's per-task gradients to the sums of this optimizer step.
+
+        Gradient accumulation that weights once per optimizer step, on the
+        gradients of the whole batch: for micro-batches :math:`k = 1..K`,
+
+        .. math::
+
+            J = \sum_k J^{(k)}, \qquad L_t = \sum_k L_t^{(k)}, \qquad
+            d = \mathcal{A}(J, J J^\top, L)
+
+        so with each micro-batch's mean losses divided by :math:`K` (as for
+        plain accumulation with ``loss.backward()``) the weights and the update
+        are exactly those of the full batch. Each call costs the ``T`` per-task
+        backward passes, to the shared parameters *and* every other parameter
+        the losses reach (so that the task-specific ones can be weighted too),
+        frees the graph and writes no ``.grad``; :meth:`backward_accumulated`
+        then weights and writes the gradients. Shared parameters only (the
+        gradients of a ``representation=`` are per sample and cannot be summed
+        over micro-batches). Under DDP run the micro-batches inside
+        ``model.no_sync()``: the sums are averaged across processes at
+        :meth:`backward_accumulated`.
+
+        Examples
+        --------
+        >>> import torch, mtlweight as mw
+        >>> theta = torch.nn.Parameter(torch.zeros(2))
+        >>> mgda = mw.MGDA(shared=[theta])
+        >>> for a in (torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0])):  # two micro-batches
+        ...     mgda.accumulate([theta @ a / 2, theta @ torch.tensor([0.0, 2.0]) / 2])
+        >>> {k: round(v, 4) for k, v in mgda.backward_accumulated().items()}
+        {'0': 0.8, '1': 0.2}
+        >>> theta.grad
+        tensor([0.8000, 0.4000])
+        """
+        if self.needs_representation:
+            raise ValueError(
+                f"{type(self).__name__} takes the gradients with respect to a representation, "
+                "which are per sample and cannot be summed over micro-batches: accumulate with "
+                "a method on shared parameters (e.g. MGDA(shared=...))"
+            )
+        names, tensors, values = self._prepare(losses)
+        if self._accumulated is None:
+            self._accumulated = Accumulated(names)
+        elif names != self._accumulated.names:
+            raise ValueError(
+                f"{type(self).__name__}.accumulate: this micro-batch has the tasks {names}; the "
+                f"previous ones of this step had {self._accumulated.names}"
+            )
+        shared = self.shared_parameters()
+        others = graph_leaves(tensors, shared)
+        rows = per_task_gradients(tensors, [*shared, *others], keep_graph=False)
+        self._accumulated.add(values, shared, others, rows)
+
+    def backward_accumulated(self) -> dict[str, float]:
+        r"""Weight the accumulated gradients once and write them into ``.grad``; return the weights.
+
+        The shared parameters get :math:`d`, the others
+        :math:`\sum_t c_t \nabla L_t` (:math:`c = w` for ``"weighted"``, 1 for
+        ``"plain"``), accumulated into ``.grad`` like ``loss.backward()``. The
+        sums are cleared. See :meth:`accumulate`.
+        """
+        pending, self._accumulated = self._accumulated, None
+        if pending is None or pending.jac is None or pending.values is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward_accumulated: nothing was accumulated; call "
+                ".accumulate(losses) for each micro-batch first"
+            )
+        names, values = pending.names, pending.values
+        jac = self.statistic("jacobian", pending.jac)
+        del self.statistics["jacobian"]
+        acc = torch.float64 if jac.dtype == torch.float64 else torch.float32
+        check_finite(names, jac.to(acc).norm(dim=1), "gradient norm")
+        self.check_losses(names, values)
+        weights = self.reused_weights(names)
+        direction: Tensor | None = None
+        if weights is None:
+            combination = self._combine(names, jac, values, False)
+            weights, direction = combination.weights, combination.direction
+        weights = weights.to(values)
+        self._record(names, weights)
+        others = [(leaf, rows) for leaf, rows in pending.others.values()]
+        if self.sync and is_distributed():
+            others = [(leaf, all_reduce_mean(rows)) for leaf, rows in others]
+        self._write(weights, direction, pending.shared, jac, others)
+        return self.weights
+
+    def _write(
+        self,
+        weights: Tensor,
+        direction: Tensor | None,
+        shared: list[Tensor],
+        jac: Tensor,
+        others: list[tuple[Tensor, Tensor]],
+    ) -> None:
+        """Accumulate ``d`` into the shared ``.grad`` and the scaled rows into the others'."""
+        acc = torch.float64 if jac.dtype == torch.float64 else torch.float32
+        if direction is None:
+            direction = weights.to(device=jac.device, dtype=acc) @ jac.to(acc)
+        for tensor, piece in zip(
+            shared, torch.split(direction, [t.numel() for t in shared]), strict=True
+        ):
+            add_grad(tensor, piece)
+        scale = weights if self.task_specific == "weighted" else torch.ones_like(weights)
+        for leaf, rows in others:
+            c = scale.to(device=rows.device, dtype=acc)
+            add_grad(leaf, torch.tensordot(c, rows.to(acc), dims=1))
+
     # -------------------------------------------------------------- helpers
     def _solve(
         self, names: list[str], losses: list[Tensor], values: Tensor, representation: Tensor | None
     ) -> tuple[list[Tensor], Tensor, Combination]:
         self.check_losses(names, values)
         inputs, jac = self.jacobian(names, losses, representation)
+        return inputs, jac, self._combine(names, jac, values, representation is not None)
+
+    def _combine(
+        self, names: list[str], jac: Tensor, values: Tensor, per_sample: bool
+    ) -> Combination:
         g = gram(jac)
-        if representation is not None and self.sync and is_distributed():
+        if per_sample and self.sync and is_distributed():
             # Each rank's columns are its own samples: Gram matrices add up over
             # samples. With mean losses over equal batches, the combined batch's
             # Gram matrix is the mean over ranks divided by their number.
@@ -262,7 +385,7 @@ class GradientMethod(Weighting):
                 f"expected ({len(names)},), one per task"
             )
         check_finite(names, weights, "weight")
-        return inputs, jac, combination
+        return combination
 
     def jacobian(
         self, names: list[str], losses: list[Tensor], representation: Tensor | None

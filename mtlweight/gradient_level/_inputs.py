@@ -169,3 +169,97 @@ def grad_norm_statistic(
         norms = jac.to(acc).norm(dim=1)
     weighting.statistics["grad_norm"] = norms
     return norms
+
+
+def graph_leaves(losses: Sequence[Tensor], exclude: Sequence[Tensor]) -> list[Tensor]:
+    """The leaf tensors that require grad reached by the losses' graphs, except ``exclude``.
+
+    These are the tensors ``sum(losses).backward()`` would write ``.grad`` of:
+    the ``AccumulateGrad`` nodes of the graph, found by one walk over it.
+    """
+    skip = {id(t) for t in exclude}
+    found: list[Tensor] = []
+    seen: set[int] = set()
+    stack = []
+    for loss in losses:
+        if loss.grad_fn is not None:
+            stack.append(loss.grad_fn)
+        elif loss.requires_grad and id(loss) not in skip and id(loss) not in seen:
+            seen.add(id(loss))
+            found.append(loss)  # a leaf loss
+    visited: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, Tensor):
+            if id(variable) not in skip and id(variable) not in seen:
+                seen.add(id(variable))
+                found.append(variable)
+            continue
+        stack.extend(child for child, _ in node.next_functions if child is not None)
+    return found
+
+
+def per_task_gradients(
+    losses: Sequence[Tensor], inputs: Sequence[Tensor], *, keep_graph: bool
+) -> list[list[Tensor]]:
+    """``[[dL_t/dx for x in inputs] for t]``, zeros where a loss does not reach an input.
+
+    One backward pass per task; the last one frees the graph unless ``keep_graph``.
+    """
+    rows = []
+    for i, loss in enumerate(losses):
+        grads: Sequence[Tensor | None] = [None] * len(inputs)
+        if loss.requires_grad:
+            retain = keep_graph or i < len(losses) - 1
+            grads = torch.autograd.grad(loss, inputs, retain_graph=retain, allow_unused=True)
+        rows.append(
+            [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads, strict=True)]
+        )
+    return rows
+
+
+class Accumulated:
+    """Running sums over micro-batches: losses, the shared ``J`` and the other leaves' rows."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.count = 0
+        self.values: Tensor | None = None
+        self.jac: Tensor | None = None
+        self.shared: list[Tensor] = []
+        self.others: dict[int, tuple[Tensor, Tensor]] = {}  # id -> (leaf, (T, *shape) sum)
+
+    def add(
+        self, values: Tensor, shared: list[Tensor], others: list[Tensor], rows: list[list[Tensor]]
+    ) -> None:
+        """Add one micro-batch: ``rows[t]`` holds the gradients of ``shared + others``."""
+        split = len(shared)
+        jac = torch.stack([torch.cat([g.reshape(-1) for g in row[:split]]) for row in rows])
+        if self.jac is None or self.values is None:
+            self.values, self.jac, self.shared = values.clone(), jac, list(shared)
+        elif [id(t) for t in shared] != [id(t) for t in self.shared]:
+            raise ValueError(
+                "the shared parameters that require grad changed between micro-batches of one "
+                "accumulated step; freeze or unfreeze layers between optimizer steps"
+            )
+        else:
+            self.values = self.values + values
+            self.jac = self.jac + jac
+        for k, leaf in enumerate(others):
+            stacked = torch.stack([row[split + k] for row in rows])
+            previous = self.others.get(id(leaf))
+            self.others[id(leaf)] = (leaf, stacked if previous is None else previous[1] + stacked)
+        self.count += 1
+
+
+def add_grad(tensor: Tensor, grad: Tensor) -> None:
+    """Accumulate ``grad`` into ``tensor.grad`` as ``backward()`` does."""
+    grad = grad.detach().to(tensor.dtype).view_as(tensor)
+    if tensor.grad is None:
+        tensor.grad = grad.clone()
+    else:
+        tensor.grad.add_(grad)
