@@ -124,26 +124,3 @@ def test_trains_a_tiny_model() -> None:
 
     first, last = train_tiny("graddrop")
     assert last < 0.5 * first, (first, last)
-
-
-@pytest.mark.parametrize("leak", [0.0, 0.3])
-@pytest.mark.parametrize("count", [2, 3, 5])
-@pytest.mark.parametrize("kind", ["gaussian", "badly_scaled", "conflicting"])
-def test_matches_torchjd_for_the_same_draw(count: int, kind: str, leak: float) -> None:
-    """TorchJD's GradDrop draws U with torch.rand from the global generator: with the global
-    seed s it equals ours given the draw of a generator seeded with s (same Mersenne Twister)."""
-    torchjd = pytest.importorskip("torchjd.aggregation")
-    from jacobians import random_jacobian
-
-    for seed in range(4):
-        jac = torch.from_numpy(random_jacobian(seed, count, kind))
-        torch.manual_seed(seed)
-        theirs = torchjd.GradDrop(leak=torch.full((count,), leak, dtype=jac.dtype))(jac)
-        draw = torch.rand(jac.shape[1], generator=torch.Generator().manual_seed(seed),
-                          dtype=jac.dtype)
-        ours = graddrop_direction(jac, draw, torch.full((count,), leak, dtype=torch.float64))
-        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
-        # and the module, with seed s, applies that very draw at its first step
-        theta = nn.Parameter(torch.zeros(jac.shape[1], dtype=torch.float64))
-        d = run(mw.GradDrop([theta], leak=leak, seed=seed), theta, jac.numpy())
-        np.testing.assert_allclose(d, theirs.numpy(), rtol=1e-12, atol=1e-12)

@@ -30,6 +30,10 @@ nash_mtl    ``max_norm=0`` both: equal to TorchJD's stopping tolerance     see t
 aligned_mtl ours (sum) = T x TorchJD's (mean), where every eigenvalue of
             G is above T eps_32 lambda_max (ours drops smaller ones as
             float32 noise, TorchJD only below T eps_64 lambda_max)         1e-12
+graddrop    equal for the same draw of U (our generator seeded like the    2e-16
+            global one), leak 0 and 0.3
+excess_mtl  ``warmup_steps=1`` equal to ``ExcessMTLWeighting(eta,          3e-7
+            n_warmup_steps=1)`` over 5 steps (it adds 1e-7 to E0)
 =========== ============================================================ ==============
 """
 
@@ -233,6 +237,32 @@ def test_nash_mtl_equals_torchjd(seed: int, count: int, kind: str) -> None:
     _, d = direction("nash_mtl", jac, max_norm=0.0)
     reference = torchjd_direction(tja.NashMTL(n_tasks=count, max_norm=0.0), jac)
     assert error(d, reference) < NASH_TOLERANCE
+
+
+@pytest.mark.parametrize("leak", [0.0, 0.3])
+@pytest.mark.parametrize(("seed", "count", "kind"), CASES, ids=IDS)
+def test_graddrop_equals_torchjd_for_the_same_draw(
+    seed: int, count: int, kind: str, leak: float
+) -> None:
+    """TorchJD draws U with ``torch.rand`` from the global generator; ours from its own one,
+    seeded with ``seed``: the same Mersenne Twister stream, so the same U at the first step."""
+    jac = random_jacobian(seed, count, kind)
+    _, d = direction("graddrop", jac, leak=leak, seed=seed)
+    torch.manual_seed(seed)
+    theirs = tja.GradDrop(leak=torch.full((count,), leak, dtype=torch.float64))
+    assert error(d, torchjd_direction(theirs, jac)) < 1e-12
+
+
+@pytest.mark.parametrize(("seed", "count", "kind"), CASES, ids=IDS)
+def test_excess_mtl_equals_torchjd_over_steps(seed: int, count: int, kind: str) -> None:
+    """Our first call measures E0 (the authors' code): TorchJD with one warm-up step."""
+    theta = nn.Parameter(torch.zeros(count + 3, dtype=torch.float64))
+    ours = mw.get("excess_mtl", shared=[theta], robust_step_size=0.5)
+    theirs = tja.ExcessMTLWeighting(robust_step_size=0.5, n_warmup_steps=1)
+    for step in range(5):
+        jac = random_jacobian(100 * seed + step, count, kind)
+        _, d = apply(ours, theta, jac)
+        assert error(d, jac.T @ theirs(torch.from_numpy(jac)).numpy()) < 1e-5
 
 
 MGDA_TOLERANCE = 1e-2
