@@ -15,7 +15,7 @@ from mtlweight.gradient_level._base import GramWeighting, TaskSpecific
 
 __all__ = ["CAGrad", "cagrad_dual"]
 
-_ZERO = 1e-5  # ||g_w|| below this times the largest ||g_t|| counts as zero
+_ZERO = 1e-5  # ||g_w|| below this times sum_t w_t ||g_t|| counts as zero (cancellation)
 
 
 def cagrad_dual(gram: Array, rho: float, *, max_iter: int = 100, tol: float = 1e-10) -> Array:
@@ -29,8 +29,13 @@ def cagrad_dual(gram: Array, rho: float, *, max_iter: int = 100, tol: float = 1e
     :math:`g_t + (s/\rho)\, g_0`, solved exactly by
     :func:`~mtlweight._solvers.min_norm_weights`; the derivative in :math:`s`
     has the sign of :math:`s - \lVert u(s) \rVert`, whose root is found by
-    regula falsi (Illinois) to ``tol`` times :math:`\max_t \lVert g_t \rVert`.
-    The best :math:`w` met (vertices and centre included) is returned.
+    regula falsi (Illinois) to ``tol`` relative to the root itself, so that a
+    task whose gradient is many orders of magnitude smaller than the others
+    is solved as accurately as the others. A min-norm point counts as zero
+    only where it is a cancellation below the rounding error of the Gram
+    matrix (:math:`\lVert g_w \rVert \le 10^{-7} \sum_t w_t \lVert g_t \rVert`),
+    not where it is merely small. The best :math:`w` met (vertices and
+    centre included) is returned.
 
     Examples
     --------
@@ -52,13 +57,14 @@ def cagrad_dual(gram: Array, rho: float, *, max_iter: int = 100, tol: float = 1e
         return s - math.sqrt(max(float(w @ gram @ w), 0.0)), w
 
     candidates = [b, *np.eye(count)]
-    largest = math.sqrt(max(float(np.max(np.diag(gram))), 0.0))
+    norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))
+    largest = float(norms.max())
     lo, hi = 0.0, largest
     f_lo, w_lo = gap(lo)
     candidates.append(w_lo)
     # With 0 in the hull, gap(0) = 0 but the optimum may lie further: the sign of
     # the gap is monotone (-, 0, +), so look for a negative value closer in.
-    if f_lo > -1e-7 * largest:  # u(0), the min-norm point, is 0 up to rounding
+    if f_lo > -1e-7 * float(w_lo @ norms):  # u(0), the min-norm point, is 0 up to rounding
         f_lo = 0.0
     probe = largest
     while not f_lo < 0.0 and probe > 1e-6 * largest:
@@ -72,12 +78,12 @@ def cagrad_dual(gram: Array, rho: float, *, max_iter: int = 100, tol: float = 1e
         candidates.append(w_hi)
         side = 0
         for _ in range(max_iter):
-            if f_hi <= 0.0 or hi - lo <= tol * largest:
+            if f_hi <= 0.0 or hi - lo <= tol * hi:
                 break
             s = (lo * f_hi - hi * f_lo) / (f_hi - f_lo)
             f_s, w_s = gap(s)
             candidates.append(w_s)
-            if abs(f_s) <= tol * largest:
+            if abs(f_s) <= tol * s:
                 break
             if f_s < 0.0:
                 lo, f_lo = s, f_s
@@ -146,8 +152,9 @@ class CAGrad(GramWeighting):
     .. note::
         The authors' code solves the dual with ``scipy.optimize.minimize``
         (SLSQP) and adds :math:`10^{-8}` to the norms; this solver is exact up
-        to rounding. Where the dual optimum is :math:`g_{w^\star} = 0` (below
-        :math:`10^{-5} \max_t \lVert g_t \rVert`: zero is in
+        to rounding, also for badly scaled tasks (a gradient :math:`10^{-7}` times the others).
+        Where the dual optimum is :math:`g_{w^\star} = 0` (below
+        :math:`10^{-5} \sum_t w^\star_t \lVert g_t \rVert`, a cancellation: zero is in
         the hull of the gradients and :math:`c` is large) the formula for
         :math:`d` does not give the primal solution; there :math:`d = g_0 / r`,
         as the authors' code gives.
@@ -193,10 +200,12 @@ class CAGrad(GramWeighting):
         w = cagrad_dual(gram, rho)
         gw_norm = math.sqrt(max(float(w @ gram @ w), 0.0))
         # ||g_w|| comes from the Gram matrix, with an absolute error of about
-        # sqrt(eps) max_t ||g_t||: a g_w that small has no reliable direction,
-        # and lambda would only amplify the rounding error of J^T w.
-        largest = math.sqrt(float(np.max(np.diag(gram))))
-        lam = rho / gw_norm if gw_norm > _ZERO * largest else 0.0
+        # sqrt(eps) sum_t w_t ||g_t||: a g_w that small is a cancellation with no
+        # reliable direction, and lambda would only amplify the rounding error of
+        # J^T w. A g_w that is small because its tasks' gradients are (a badly
+        # scaled task) is exact and steers d as any other.
+        combined = float(w @ np.sqrt(np.clip(np.diag(gram), 0.0, None)))
+        lam = rho / gw_norm if gw_norm > _ZERO * combined else 0.0
         result: Array = (b + lam * w) / divisor
         return result
 

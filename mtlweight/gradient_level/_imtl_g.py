@@ -12,37 +12,71 @@ from mtlweight.gradient_level._base import GramWeighting
 __all__ = ["IMTLG", "imtl_g_weights"]
 
 
-def imtl_g_weights(gram: Array) -> Array:
+_RCOND = 1e-7  # eigenvalues of G below this times the largest count as zero (float32 J)
+
+
+def _equal_projection_system(gram: Array, norms: Array) -> Array:
+    """Least-squares solution of sum_t a_t = 1, d . (u_1 - u_t) = 0 (all norms > 0)."""
+    # [r, s] = g_r . u_s, divided by the largest norm so that every row of the
+    # system is of order 1 (least squares truncates relative to the largest)
+    projections = gram / norms[None, :] / norms.max()
+    system = np.ones(gram.shape)
+    system[1:] = (projections[:, :1] - projections[:, 1:]).T
+    rhs = np.zeros(gram.shape[0])
+    rhs[0] = 1.0
+    result: Array = np.asarray(np.linalg.lstsq(system, rhs, rcond=None)[0], dtype=np.float64)
+    return result
+
+
+def imtl_g_weights(gram: Array, *, rcond: float = _RCOND) -> Array:
     r"""IMTL-G coefficients from the Gram matrix :math:`G = J J^\top`.
 
-    Solves :math:`\sum_t \alpha_t = 1` and :math:`d \cdot (u_1 - u_t) = 0`
-    for :math:`t = 2..T`, with :math:`d \cdot u_s = \sum_r \alpha_r G_{rs} / \lVert g_s \rVert`;
-    this linear system is the paper's closed form. Tasks with a zero gradient
-    have no direction: they get :math:`\alpha_t = 0` and the others are solved
-    among themselves (uniform if all are zero). A singular system (identical
-    gradients) is solved in the least-squares sense, minimum norm.
+    .. math::
+
+        \alpha = \frac{G^{+} n}{\mathbf 1^\top G^{+} n}, \qquad
+        n = (\lVert g_1 \rVert, \dots, \lVert g_T \rVert)
+
+    where :math:`G^{+}` is the pseudo-inverse (eigenvalues below ``rcond``
+    times the largest count as zero). Where :math:`G` is invertible this is
+    the paper's closed form: :math:`d = J^\top \alpha` has
+    :math:`J d = n / \mathbf 1^\top G^{-1} n`, equal projections
+    :math:`d \cdot u_t` onto every task direction, and
+    :math:`\sum_t \alpha_t = 1`. Where :math:`J` has fewer independent rows
+    than tasks (:math:`T > \operatorname{rank} J`) equal projections are only
+    possible with :math:`d = 0`; :math:`d` is then the minimum-norm
+    least-squares solution of :math:`J d = c\, n`, scaled so that the
+    weights sum to 1 -- the closest to equal projections. Tasks with a zero
+    gradient get :math:`\alpha_t = 0` (uniform weights if all are zero). If
+    :math:`\mathbf 1^\top G^{+} n = 0` (opposite gradients) the equal-projection
+    system is solved in the least-squares sense instead (:math:`d = 0`).
 
     Examples
     --------
     >>> import numpy as np
     >>> imtl_g_weights(np.array([[1.0, 0.0], [0.0, 4.0]])).round(6)  # g = (1, 0), (0, 2)
     array([0.666667, 0.333333])
+    >>> jac = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # T = 3 > rank 2
+    >>> imtl_g_weights(jac @ jac.T).round(6)  # d = (0.75, 0.75)
+    array([0.25, 0.25, 0.5 ])
     """
     count = gram.shape[0]
-    norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))
+    diag = np.clip(np.diag(gram), 0.0, None)
+    norms = np.sqrt(diag)
     live = np.flatnonzero(norms > 0.0)
     alpha = np.zeros(count)
     if live.size == 0:
         return np.full(count, 1.0 / count)
-    g = gram[np.ix_(live, live)]
-    # [r, s] = g_r . u_s, divided by the largest norm so that every row of the
-    # system is of order 1 (least squares truncates relative to the largest)
-    projections = g / norms[live][None, :] / norms[live].max()
-    system = np.ones((live.size, live.size))
-    system[1:] = (projections[:, :1] - projections[:, 1:]).T
-    rhs = np.zeros(live.size)
-    rhs[0] = 1.0
-    alpha[live] = np.linalg.lstsq(system, rhs, rcond=None)[0]
+    scale = float(diag[live].max())
+    g = gram[np.ix_(live, live)] / scale  # entries of order 1
+    n = norms[live] / np.sqrt(scale)
+    values, vectors = np.linalg.eigh((g + g.T) / 2)
+    keep = values > rcond * values[-1]
+    pinv_n = vectors[:, keep] @ ((vectors[:, keep].T @ n) / values[keep])
+    total = float(pinv_n.sum())
+    if abs(total) > 1e-9 * float(np.abs(pinv_n).sum()) and np.isfinite(total):
+        alpha[live] = pinv_n / total
+    else:
+        alpha[live] = _equal_projection_system(g, n)
     return alpha
 
 
@@ -65,7 +99,13 @@ class IMTLG(GramWeighting):
     The combined gradient has equal projections onto every task's direction,
     :math:`d \cdot u_1 = \dots = d \cdot u_T`, and the weights sum to 1 (they
     may be negative). Computed from the Gram matrix by
-    :func:`imtl_g_weights`, robust to identical and zero gradients.
+    :func:`imtl_g_weights` in the equivalent form
+    :math:`\alpha = G^{+} n / \mathbf 1^\top G^{+} n` (:math:`G = J J^\top`,
+    :math:`n_t = \lVert g_t \rVert`), robust to identical and zero gradients and
+    to more tasks than the rank of :math:`J`, where no nonzero :math:`d` has
+    equal projections: there :math:`d` is the least-squares solution of
+    :math:`J d \propto n` (the paper's formula, with :math:`D U^\top` singular,
+    gives :math:`d = 0` or nothing).
 
     Parameters
     ----------

@@ -90,19 +90,25 @@ class NashMTL(GramWeighting, Stateful):
 
     .. math::
 
-        \hat G^\top \hat G\, \alpha = 1 / \alpha, \qquad
-        \hat G = \frac{G}{\lVert G^\top G \rVert_F^{1/2}}, \qquad d = G \alpha
+        G^\top G\, \alpha = 1 / \alpha, \qquad d = G \alpha
 
-    where:
+    (Algorithm 1 of the paper) where:
 
     - :math:`G = [g_1, \dots, g_T] = J^\top` holds the task gradients
-      :math:`g_t = \nabla_\theta L_t` as columns;
-    - :math:`1/\alpha` is elementwise, :math:`\alpha > 0`: each task's
-      contribution satisfies :math:`\alpha_t\, g_t \cdot d = 1` for the
-      normalised gradients, the Nash bargaining solution;
-    - the normalisation by the Frobenius norm of the Gram matrix is that of
-      the authors' code; it makes :math:`\alpha` independent of the scale of
-      the losses, and :math:`d` proportional to it.
+      :math:`g_t = \nabla_\theta L_t` as columns, so :math:`G^\top G = J J^\top`
+      is the Gram matrix;
+    - :math:`1/\alpha` is elementwise, :math:`\alpha > 0`: every task's
+      contribution satisfies :math:`\alpha_t\, g_t \cdot d = 1`, the Nash
+      bargaining solution. Hence :math:`\lVert d \rVert^2 = \sum_t \alpha_t\,
+      g_t \cdot d = T`, and scaling every loss by :math:`c` scales
+      :math:`\alpha` by :math:`1/c` and leaves :math:`d` unchanged.
+
+    With ``normalize_gram=True`` the equation is solved for
+    :math:`\hat G^\top \hat G = G^\top G / \lVert G^\top G \rVert_F` instead, as
+    the authors' released code (and TorchJD's port of it) does: then
+    :math:`\alpha` does not depend on the scale of the losses and :math:`d` is
+    :math:`\lVert G^\top G \rVert_F^{1/2}` times the paper's, proportional to
+    the scale.
 
     The equation is solved by :func:`nash_weights` (Newton's method on the
     convex problem it is the optimality condition of) instead of the
@@ -119,7 +125,13 @@ class NashMTL(GramWeighting, Stateful):
         weights in between (no per-task backward passes then), as the
         authors' ``update_weights_every``.
     max_norm
-        Largest norm of the shared update :math:`d`; ``0`` disables it.
+        Largest norm of the shared update :math:`d`; ``0`` disables it. The
+        paper's :math:`d` has norm :math:`\sqrt{T}`, so the default 1.0 (the
+        authors') always rescales it to norm 1 for :math:`T \ge 2`.
+    normalize_gram
+        ``False`` (default): the paper's equation on the Gram matrix itself;
+        ``True``: on the Gram matrix divided by its Frobenius norm (the
+        authors' code).
     task_specific
         ``"weighted"`` (default, as the authors' code: heads get
         :math:`\alpha_t \nabla L_t`) or ``"plain"``.
@@ -146,10 +158,18 @@ class NashMTL(GramWeighting, Stateful):
     --------
     >>> import torch, mtlweight as mw
     >>> theta = torch.nn.Parameter(torch.zeros(2))
-    >>> losses = [theta @ torch.tensor([1.0, 0.0]), theta @ torch.tensor([0.0, 2.0])]
+    >>> def losses():
+    ...     return [theta @ torch.tensor([10.0, 0.0]), theta @ torch.tensor([0.0, 20.0])]
     >>> nash = mw.NashMTL(shared=[theta], max_norm=0.0)
-    >>> {k: round(v, 4) for k, v in nash.backward(losses).items()}  # Frobenius norm 4.1231
-    {'0': 2.0305, '1': 1.0153}
+    >>> {k: round(v, 4) for k, v in nash.backward(losses()).items()}  # 1 / ||g_t||
+    {'0': 0.1, '1': 0.05}
+    >>> theta.grad  # alpha_t g_t . d = 1 for both tasks
+    tensor([1., 1.])
+    >>> theta.grad = None
+    >>> authors = mw.NashMTL(shared=[theta], max_norm=0.0, normalize_gram=True)
+    >>> _ = authors.backward(losses())
+    >>> theta.grad  # ||G^T G||_F^(1/2) = 412.31^(1/2) times larger
+    tensor([20.3054, 20.3054])
     """
 
     def __init__(
@@ -158,6 +178,7 @@ class NashMTL(GramWeighting, Stateful):
         *,
         update_every: int = 1,
         max_norm: float = 1.0,
+        normalize_gram: bool = False,
         task_specific: TaskSpecific | None = None,
         **kwargs: object,
     ) -> None:
@@ -168,6 +189,7 @@ class NashMTL(GramWeighting, Stateful):
             raise ValueError(f"max_norm must be >= 0 (0 disables it); found {max_norm}")
         self.update_every = int(update_every)
         self.max_norm = float(max_norm)
+        self.normalize_gram = bool(normalize_gram)
         self.alpha: Tensor | None = None  # solution of the last update, for warm starts
 
     def reused_weights(self, names: list[str]) -> Tensor | None:
@@ -184,7 +206,8 @@ class NashMTL(GramWeighting, Stateful):
         if not norm > 0.0:
             return np.ones(gram.shape[0])
         init = None if self.alpha is None else self.alpha.double().numpy()
-        alpha = nash_weights(gram / norm, init)
+        # the paper's G^T G alpha = 1/alpha; the authors' code divides G^T G by its norm
+        alpha = nash_weights(gram / norm if self.normalize_gram else gram, init)
         self.alpha = torch.from_numpy(alpha.copy())
         if self.max_norm > 0.0:
             d_norm = math.sqrt(max(float(alpha @ gram @ alpha), 0.0))
@@ -201,4 +224,5 @@ class NashMTL(GramWeighting, Stateful):
         self.alpha = None if alpha is None else torch.as_tensor(alpha, dtype=torch.float64)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, update_every={self.update_every}, max_norm={self.max_norm}"
+        return (f"{super().extra_repr()}, update_every={self.update_every}, "
+                f"max_norm={self.max_norm}, normalize_gram={self.normalize_gram}")

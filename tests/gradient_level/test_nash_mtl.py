@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,12 +63,13 @@ def test_degenerate_grams_are_finite() -> None:
 
 
 def test_the_class_solves_the_normalised_problem(model: TinyMultiTask) -> None:
-    """Weights alpha with (G^ alpha)_t alpha_t = 1, G^ = G / ||G||_F, from independent gradients."""
+    """normalize_gram=True (the authors' code): weights alpha with (G^ alpha)_t alpha_t = 1,
+    G^ = G / ||G||_F, from independent gradients (the paper's raw G: test_issue13_methods)."""
     trunk = list(model.trunk.parameters())
     jac = np.stack(list(per_task_gradients(model.losses, trunk).values()))
     gram = jac @ jac.T
     normalised = gram / np.linalg.norm(gram)
-    nash = mw.NashMTL(model.trunk, max_norm=0.0)
+    nash = mw.NashMTL(model.trunk, max_norm=0.0, normalize_gram=True)
     alpha = np.array(list(nash.backward(model.losses()).values()))
     np.testing.assert_allclose(alpha * (normalised @ alpha), 1.0, rtol=1e-4)
 
@@ -92,10 +94,14 @@ class Counting(mw.NashMTL):
     jacobians = 0
 
     def jacobian(
-        self, names: list[str], losses: list[Tensor], representation: Tensor | None
-    ) -> tuple[list[Tensor], Tensor]:
+        self,
+        names: list[str],
+        losses: list[Tensor],
+        representation: Tensor | None,
+        **options: Any,
+    ) -> tuple[list[Tensor], list[Tensor]]:
         self.jacobians += 1
-        return super().jacobian(names, losses, representation)
+        return super().jacobian(names, losses, representation, **options)
 
 
 @pytest.mark.parametrize("task_specific", ["weighted", "plain"])
