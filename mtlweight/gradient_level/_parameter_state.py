@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from mtlweight._base import Stateful
-from mtlweight.gradient_level._base import GradientMethod
+from mtlweight.gradient_level._task_state import TaskOrder
 
 __all__ = ["ParameterState"]
 
 
-class ParameterState(GradientMethod, Stateful):
+class ParameterState(TaskOrder):
     r"""A :class:`GradientMethod` whose state has one row of :math:`P` numbers per task.
 
     ExcessMTL (squared-gradient sums), MoCo (tracked gradients) and DB-MTL
@@ -19,34 +18,18 @@ class ParameterState(GradientMethod, Stateful):
     coordinate of the shared parameters at every step. So:
 
     - the task names are fixed at the first call and the state is kept in that
-      order; a later call may list the tasks in any order
-      (:meth:`task_order` gives the rows of this call's ``jac`` in state order);
+      order (:class:`~mtlweight.gradient_level._task_state.TaskOrder`); a later
+      call may list the tasks in any order (:meth:`task_order` gives the rows
+      of this call's ``jac`` in state order);
     - a ``representation=`` is refused: its coordinates are the samples of
       each batch, not the same quantity from one step to the next;
     - a change in :math:`P` (a layer frozen or unfrozen) raises
       (:meth:`check_state`) instead of mixing unrelated coordinates.
     """
 
-
-    _order: list[int] | None = None
-
-    def reused_weights(self, names: list[str]) -> Tensor | None:
-        # Called before every combine: remember how this call's tasks map to the state rows.
-        assert self.tasks is not None
-        self._order = None if names == self.tasks else [names.index(t) for t in self.tasks]
-        return None
-
     def task_order(self, jac: Tensor) -> Tensor:
         """This step's ``(T, P)`` rows in the order of :attr:`tasks` (the state's order)."""
         return jac if self._order is None else jac[self._order]
-
-    def call_order(self, per_task: Tensor) -> Tensor:
-        """A ``(T,)`` tensor in the order of :attr:`tasks` back in this call's order."""
-        if self._order is None:
-            return per_task
-        result = per_task.clone()
-        result[self._order] = per_task
-        return result
 
     def check_state(self, state: Tensor | None, jac: Tensor, what: str) -> None:
         """Raise if the ``(T, P)`` ``state`` does not match this step's gradients."""
