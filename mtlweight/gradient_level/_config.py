@@ -72,8 +72,8 @@ class ConFIG(GramWeighting):
       so :math:`\lVert d \rVert^2 = \sum_t g_t \cdot d`.
 
     :math:`d = J^\top w` with weights from the Gram matrix alone
-    (:func:`config_weights`). The weights scale as :math:`1/s` and :math:`d`
-    does not change direction when the losses are scaled by :math:`s`.
+    (:func:`config_weights`). Scaling the losses by :math:`s` leaves the
+    weights as they are (:math:`d` scales with :math:`J`).
 
     Parameters
     ----------
