@@ -5,15 +5,20 @@ Build (from the repository root)::
     python -m sphinx -W --keep-going -b html docs docs/_build/html
     python -m sphinx -W --keep-going -b doctest docs docs/_build/doctest
 
-Nothing is fetched at build time: no intersphinx inventory, no download. Figures
-are drawn at build time by matplotlib's ``plot`` directive from the scripts in
-``docs/_scripts/``; the API reference is generated from ``mtlweight.__all__`` by
-the local extension ``docs/_ext/mtlweight_docs.py``.
+Nothing is fetched, at build time or when a page is read: no intersphinx inventory,
+and MathJax is served from the build's ``_static/mathjax`` (the bundle of the
+``sphinx-mathjax-offline`` package), so formulas render without a network.
+Markdown (the changelog, the benchmark reports) is read by myst-parser, the MENET
+command reference comes from the example's argument parser through sphinx-argparse,
+and figures are drawn at build time by matplotlib's ``plot`` directive from the
+scripts in ``docs/_scripts/``. The only local extension, ``docs/_ext/mtlweight_docs.py``,
+does what no maintained extension does (see its docstring).
 """
 
 from __future__ import annotations
 
 import doctest
+import importlib.util
 import os
 import sys
 import warnings
@@ -48,11 +53,15 @@ extensions = [
     "sphinx.ext.doctest",
     "sphinx.ext.viewcode",
     "matplotlib.sphinxext.plot_directive",
+    "myst_parser",
+    "sphinxarg.ext",
     "mtlweight_docs",
 ]
 
 root_doc = "index"
-exclude_patterns = ["_build", "_generated/README.md", "**/.ipynb_checkpoints"]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+# The Markdown files under _generated/ are included by pages, not pages themselves.
+exclude_patterns = ["_build", "_generated", "**/.ipynb_checkpoints"]
 templates_path: list[str] = []
 pygments_style = "sphinx"
 pygments_dark_style = "monokai"
@@ -65,10 +74,35 @@ html_css_files = ["custom.css"]
 html_show_sourcelink = False
 html_theme_options = {"navigation_with_keys": True}
 
+# -- math: MathJax 3 from a local copy ----------------------------------------
+# The `sphinx-mathjax-offline` package ships MathJax 3 (tex-chtml.js, its fonts and
+# TeX extensions). Its own Sphinx hook is not used: it declares no parallel safety
+# (a warning under `-j auto -W`) and copies the bundle into every builder's output.
+# Serving its folder as a static path copies it into the HTML output only.
+_offline = importlib.util.find_spec("sphinx-mathjax-offline")
+if _offline is None or _offline.origin is None:
+    raise RuntimeError(
+        "the docs need the local MathJax bundle: pip install sphinx-mathjax-offline "
+        '(or pip install -e ".[docs]")'
+    )
+html_static_path.append(str(Path(_offline.origin).parent / "static"))  # -> _static/mathjax/
+mathjax_path = "mathjax/tex-chtml.js"
+
+# -- Markdown (myst-parser) ---------------------------------------------------
+myst_heading_anchors = 3
+# The included reports start at `##` (they are sections of a page).
+suppress_warnings = ["myst.header"]
+
 # -- autodoc, napoleon, type hints --------------------------------------------
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-autodoc_default_options = {"show-inheritance": True}
+autodoc_default_options = {
+    "show-inheritance": True,
+    # Public methods and properties a class adds (DWA's ``epoch_end``, GradNorm's
+    # ``task_weights``), without the overrides documented by the base class.
+    "exclude-members": "forward, backward, compute_weights, aggregate, combine, gram_weights, "
+    "get_extra_state, set_extra_state, extra_repr",
+}
 autodoc_preserve_defaults = True
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
@@ -110,4 +144,3 @@ plot_working_directory = str(ROOT)
 # -- misc ---------------------------------------------------------------------
 # Local files only: nothing is looked up on the network.
 linkcheck_ignore = [r".*"]
-suppress_warnings: list[str] = []
