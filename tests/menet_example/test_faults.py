@@ -41,6 +41,7 @@ from PIL import Image
 from torch import Tensor
 
 import menet.checkpoint as mckpt
+import menet.session as msession
 import menet.train as mtrain
 from menet.checkpoint import (
     CheckpointError,
@@ -53,7 +54,8 @@ from menet.data import PairedFolder
 from menet.derain import derain_files
 from menet.images import read_bit_depth, read_image
 from menet.model import MENET
-from menet.train import EpochSampler, StepResult, TrainConfig, build_losses, train, train_step
+from menet.sampling import epoch_permutation
+from menet.train import StepResult, TrainConfig, build_losses, train, train_step
 
 THIS = Path(__file__).resolve()
 MENET_ROOT = THIS.parents[2] / "examples" / "menet"
@@ -383,14 +385,13 @@ class Poisoned(torch.utils.data.Dataset[tuple[Tensor, Tensor]]):
 
 def batch_of(index: int, epoch: int, n: int = 8, batch: int = 4, seed: int = 0) -> int:
     """The 1-based step of ``epoch`` (0-based) whose batch holds patch ``index``."""
-    order = EpochSampler(n, seed)
-    order.set_epoch(epoch)
-    return epoch * (n // batch) + list(order).index(index) // batch + 1
+    order = epoch_permutation(n, seed, epoch).tolist()
+    return epoch * (n // batch) + order.index(index) // batch + 1
 
 
 def poison(monkeypatch: pytest.MonkeyPatch, bad: set[int]) -> None:
-    build = mtrain.build_dataset
-    monkeypatch.setattr(mtrain, "build_dataset", lambda cfg: Poisoned(build(cfg), bad))
+    build = msession.build_dataset
+    monkeypatch.setattr(msession, "build_dataset", lambda cfg: Poisoned(build(cfg), bad))
 
 
 def test_a_nan_batch_stops_training_naming_the_step_and_the_task(

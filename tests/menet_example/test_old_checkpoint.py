@@ -81,6 +81,9 @@ def test_the_new_code_writes_the_old_checkpoint(tmp_path: Path) -> None:
         state.pop("elapsed")  # wall time
         state["config"].pop("out")  # where it was written
     new.pop("epoch_step", None)  # added after the split (0 at an epoch boundary)
+    # The strategy's own state is mtlweight's format (it may gain entries); that it
+    # still loads is checked by the resume test below.
+    old.pop("weighting"), new.pop("weighting")
     assert (old["step"], old["epoch"], old["total_steps"]) == (2, 2, 4)
     _compare(old, new, "", {f"/{k}": v for k, v in META["sums"].items()})
 

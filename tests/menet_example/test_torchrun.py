@@ -151,7 +151,7 @@ def test_the_shares_of_a_step_are_the_single_process_batch(
     n: int, per_rank: int, world: int, seed: int, epoch: int
 ) -> None:
     from menet.distributed import ShardedEpochSampler
-    from menet.train import EpochSampler
+    from menet.sampling import epoch_permutation
 
     batch = per_rank * world
     if n < world:
@@ -162,9 +162,7 @@ def test_the_shares_of_a_step_are_the_single_process_batch(
     for s in shares:
         s.set_epoch(epoch)
     lists = [list(s) for s in shares]
-    single = EpochSampler(n, seed)
-    single.set_epoch(epoch)
-    order = list(single)
+    order = epoch_permutation(n, seed, epoch).tolist()
     steps = shares[0].steps_per_epoch
     assert steps == max(1, n // batch)
     local = shares[0].local_batch
@@ -280,14 +278,12 @@ def test_skip_nonfinite_skips_the_step_on_every_rank_together(
     }
     run = worker(options, "nan", tmp_path / "w", tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    from menet.train import EpochSampler
+    from menet.sampling import epoch_permutation
 
     ckpt = load_checkpoint(tmp_path / "run" / "last.ckpt")
-    order = EpochSampler(8, seed=0)
-    order.set_epoch(0)
-    bad = list(order)[1]
-    order.set_epoch(1)
-    second = 2 + list(order).index(bad) // 4 + 1  # the poisoned patch's step in epoch 2
+    bad = epoch_permutation(8, seed=0, epoch=0).tolist()[1]
+    # the poisoned patch's step in epoch 2
+    second = 2 + epoch_permutation(8, seed=0, epoch=1).tolist().index(bad) // 4 + 1
     assert ckpt["skipped_steps"] == [1, second]
     assert ckpt["step"] == 4
     assert_finite_unwrapped(ckpt)
@@ -305,8 +301,10 @@ def _main(spec_path: str) -> int:  # pragma: no cover - runs in the torchrun pro
     """Worker: train as ``spec.json`` says, on the rank torchrun gave this process."""
     import traceback
 
+    import menet.session as msession
     import menet.train as mtrain
     from menet.distributed import context
+    from menet.sampling import epoch_permutation
 
     spec = json.loads(Path(spec_path).read_text())
     folder = Path(spec_path).parent
@@ -316,14 +314,13 @@ def _main(spec_path: str) -> int:  # pragma: no cover - runs in the torchrun pro
     if spec["mode"] == "stop-after-1":
         stop_after = 1
     if spec["mode"] == "nan":  # one poisoned patch: it lands in one rank's share of one step
-        build = mtrain.build_dataset
+        build = msession.build_dataset
 
         class Poisoned(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
             def __init__(self, base: Any) -> None:
                 self.base = base
-                order = mtrain.EpochSampler(len(base), config.seed)
-                order.set_epoch(0)
-                self.bad = list(order)[1]  # epoch 0, step 1, rank 1
+                # epoch 0, step 1, rank 1
+                self.bad = epoch_permutation(len(base), config.seed, 0).tolist()[1]
 
             def __len__(self) -> int:
                 return len(self.base)
@@ -337,7 +334,7 @@ def _main(spec_path: str) -> int:  # pragma: no cover - runs in the torchrun pro
                     rainy = torch.full_like(rainy, float("nan"))
                 return rainy, clean
 
-        mtrain.build_dataset = lambda cfg: Poisoned(build(cfg))  # type: ignore[assignment]
+        msession.build_dataset = lambda cfg: Poisoned(build(cfg))  # type: ignore[assignment]
 
     class StoppedByTestError(Exception):
         pass

@@ -24,8 +24,8 @@ import menet.train as mtrain
 import mtlweight as mw
 from menet.checkpoint import load_checkpoint, load_model
 from menet.model import MENET
+from menet.sampling import epoch_permutation
 from menet.train import (
-    EpochSampler,
     TrainConfig,
     build_losses,
     build_weighting,
@@ -173,18 +173,13 @@ def test_config_dict_roundtrip() -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 50), seed=st.integers(0, 2**40), epoch=st.integers(0, 10_000))
-def test_epoch_sampler_is_a_permutation_fixed_by_seed_and_epoch(
+def test_epoch_permutation_is_a_permutation_fixed_by_seed_and_epoch(
     n: int, seed: int, epoch: int
 ) -> None:
-    s = EpochSampler(n, seed)
-    s.set_epoch(epoch)
-    order = list(s)
+    order = epoch_permutation(n, seed, epoch).tolist()
     assert sorted(order) == list(range(n))
-    other = EpochSampler(n, seed)
-    other.set_epoch(epoch + 1)
-    list(other)  # iterating another epoch in between changes nothing
-    other.set_epoch(epoch)
-    assert list(other) == order
+    epoch_permutation(n, seed, epoch + 1)  # drawing another epoch in between changes nothing
+    assert epoch_permutation(n, seed, epoch).tolist() == order
 
 
 # ----------------------------------------------------------------------------- one step

@@ -12,8 +12,15 @@ scores ``x·255`` (RGB) or BT.601 studio-swing luma ``Y ∈ [16, 235]``
 The metric functions themselves take images on the scale of ``data_range``
 (PSNR and SSIM are unchanged when images and ``data_range`` are scaled together,
 so ``psnr(a, b, data_range=1.0) == psnr(255·a, 255·b)``).
+
+Threads: importing ``menet`` sets ``OMP_WAIT_POLICY=PASSIVE`` (unless already
+set) before torch loads, so that idle OpenMP threads sleep instead of spinning
+on a shared machine (:mod:`menet._threads`).
 """
 
+# First, before anything imports torch: the OpenMP wait policy is read when torch loads.
+from menet import _threads  # noqa: F401  (sorted first: "_" < letters)
+from menet.building import PairSource, build_losses, build_pairs, build_weighting
 from menet.checkpoint import (
     CheckpointError,
     export_weights,
@@ -21,6 +28,7 @@ from menet.checkpoint import (
     load_model,
     save_checkpoint,
 )
+from menet.config import RECIPES, TrainConfig
 from menet.data import (
     PairedFolder,
     RandomCropPairs,
@@ -47,16 +55,18 @@ from menet.metrics import psnr, rgb_to_y, ssim
 from menet.model import MENET, VARIANTS, depth_to_space, pad_to_multiple, space_to_depth
 from menet.plots import plot_training_log
 from menet.rain import PRESETS, RainParams, rain_layer, synthesize_rain
-from menet.train import TrainConfig, build_losses, build_weighting, train_step
+from menet.step import train_step
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MENET",
     "PRESETS",
+    "RECIPES",
     "VARIANTS",
     "CheckpointError",
     "ImageRecord",
+    "PairSource",
     "PairedFolder",
     "RainParams",
     "RandomCropPairs",
@@ -65,6 +75,7 @@ __all__ = [
     "TrainConfig",
     "apply_tiled",
     "build_losses",
+    "build_pairs",
     "build_weighting",
     "builtin_images",
     "depth_to_space",

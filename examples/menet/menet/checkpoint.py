@@ -30,7 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import nn
+
+from .model import MENET, VARIANTS
 
 __all__ = [
     "CheckpointError",
@@ -329,8 +333,6 @@ def export_weights(
     Path
         The safetensors path.
     """
-    from safetensors.torch import save
-
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"variant": variant, "format": "menet-weights-1"}
@@ -384,14 +386,10 @@ def load_model(
         If the file is missing/corrupted, the variant is unknown, or the
         tensors don't match the architecture (the message names the file).
     """
-    from .model import MENET, VARIANTS
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 meta = f.metadata()

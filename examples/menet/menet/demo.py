@@ -5,7 +5,7 @@
 2. A few minutes of training of MENET ``shallow-ca`` with gradient-balanced
    (GB) weighting of the pixel, edge and texture losses on random 64 x 64
    patches (the network starts as the identity, see
-   :attr:`menet.train.TrainConfig.zero_init_residual`).
+   :attr:`menet.config.TrainConfig.zero_init_residual`).
 3. Evaluation on the two *held-out* photographs (:data:`HELD_OUT_IMAGES`),
    never seen in training, with rain drawn from a different seed: PSNR/SSIM on
    the Y channel of the full images (the "standard" protocol of most
@@ -28,7 +28,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from torch import Tensor
+from .building import PairSource, build_pairs, build_weighting, resolve_device
+from .config import TrainConfig
+from .derain import derain_image
+from .evaluate import evaluate_pairs, save_grid, summarize, write_csv
+from .model import MENET
+from .train import TrainResult, train
 
 __all__ = ["HELD_OUT_IMAGES", "TRAIN_IMAGES", "DemoResult", "DemoSettings", "run_demo"]
 
@@ -83,12 +88,6 @@ class DemoResult:
         return self.output_psnr - self.input_psnr
 
 
-def _center_crop(x: Tensor, size: int) -> Tensor:
-    h, w = x.shape[-2:]
-    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return x[..., top : top + size, left : left + size]
-
-
 def run_demo(
     out: str | Path = "outputs/demo",
     *,
@@ -110,7 +109,7 @@ def run_demo(
     quick : bool
         Run the ~30 s version.
     steps : int, optional
-        Override the number of training steps.
+        Override the number of training steps (at least 1).
     weighting : str
         Any :mod:`mtlweight` strategy name (default GB, as MENET-GB).
     seed : int
@@ -126,20 +125,51 @@ def run_demo(
     -------
     DemoResult
         Input/output PSNR and SSIM on the held-out images and the files written.
-    """
-    from .data import SyntheticRainPairs, builtin_images
-    from .derain import derain_image
-    from .evaluate import evaluate_pairs, save_grid, summarize, write_csv
-    from .train import TrainConfig, train
 
+    Raises
+    ------
+    ValueError
+        ``steps < 1`` or an unknown strategy (before anything is trained).
+    RuntimeError
+        ``device="cuda"`` on a machine without CUDA.
+    """
     start = time.perf_counter()
     stream = stream if stream is not None else sys.stdout
     settings = QUICK if quick else FULL
     n_steps = steps if steps is not None else settings.steps
+    if n_steps < 1:
+        raise ValueError(f"steps must be >= 1; found {n_steps}")
+    resolve_device(device)  # no CUDA for "cuda": fail now, not after the data is made
     out = Path(out)
+    config = _train_config(out, settings, n_steps, weighting, seed, device, progress)
+    # An unknown strategy name fails here, in a fraction of a second.
+    build_weighting(weighting, MENET.variant(config.variant), config.losses)
     out.mkdir(parents=True, exist_ok=True)
+    print(
+        f"MENET demo: training shallow-ca with {weighting} weighting of pixel+edge+texture "
+        f"for {n_steps} steps ({settings.batch_size} x {settings.patch_size}px patches) on "
+        f"light synthetic rain over {', '.join(TRAIN_IMAGES)}",
+        file=stream,
+    )
+    result = train(config)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    demo = _evaluate(result, settings, out)
+    demo.seconds = time.perf_counter() - start
+    summary = {k: v for k, v in asdict(demo).items() if k not in ("out", "files")}
+    summary.update(gain_db=demo.gain_db, quick=quick, weighting=weighting, seed=seed,
+                   eval_rain_seed=EVAL_RAIN_SEED, eval_crop=settings.eval_crop)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    demo.files.append(out / "summary.json")
+    print("\n".join(_report(demo, settings, result)), file=stream)
+    return demo
 
-    config = TrainConfig(
+
+def _train_config(
+    out: Path, settings: DemoSettings, steps: int, weighting: str, seed: int, device: str,
+    progress: bool,
+) -> TrainConfig:
+    return TrainConfig(
         out=str(out / "train"),
         synthetic="light",
         synthetic_images=list(TRAIN_IMAGES),
@@ -153,29 +183,20 @@ def run_demo(
         variant="shallow-ca",
         zero_init_residual=True,
         epochs=None,
-        steps=n_steps,
+        steps=steps,
         seed=seed,
         device=device,
         progress=progress,
     )
-    print(
-        f"MENET demo: training shallow-ca with {weighting} weighting of pixel+edge+texture "
-        f"for {n_steps} steps ({settings.batch_size} x {settings.patch_size}px patches) on "
-        f"light synthetic rain over {', '.join(TRAIN_IMAGES)}",
-        file=stream,
-    )
-    result = train(config)
-    if result.interrupted:
-        raise KeyboardInterrupt
-    train_seconds = result.seconds
+
+
+def _evaluate(result: TrainResult, settings: DemoSettings, out: Path) -> DemoResult:
+    """Score the trained model on the held-out images; write the CSVs and the grid."""
     model = result.model
-
-    images = [(n, x) for n, x in builtin_images() if n in HELD_OUT_IMAGES]
-    if settings.eval_crop is not None:
-        images = [(n, _center_crop(x, settings.eval_crop)) for n, x in images]
-    held_out = SyntheticRainPairs(images, preset="light", seed=EVAL_RAIN_SEED)
-    pairs = [held_out[i] for i in range(len(held_out))]
-
+    held_out = build_pairs(PairSource(
+        synthetic="light", images=HELD_OUT_IMAGES, rain_seed=EVAL_RAIN_SEED,
+        crop=settings.eval_crop,
+    ))
     records = evaluate_pairs(model, held_out, "standard", progress=False)
     std = summarize(records)
     write_csv(records, out / "scores-standard.csv")
@@ -186,51 +207,54 @@ def run_demo(
         paper = summarize(paper_records)
         write_csv(paper_records, out / "scores-paper.csv")
         files.append(out / "scores-paper.csv")
-
+    pairs = [held_out[i] for i in range(len(records))]
     triples = [(rainy, derain_image(model, rainy, tile=None), clean) for rainy, clean in pairs]
-    labels = [
-        f"{r.name}\n{r.input_psnr:.1f} -> {r.output_psnr:.1f} dB" for r in records
-    ]
+    labels = [f"{r.name}\n{r.input_psnr:.1f} -> {r.output_psnr:.1f} dB" for r in records]
     save_grid(triples, out / "grid.png", row_labels=labels)
     files += [out / "grid.png", *result.plots]
     if result.weights_file is not None:
         files.append(result.weights_file)
-
-    seconds = time.perf_counter() - start
-    demo = DemoResult(
+    return DemoResult(
         out=out,
         input_psnr=std["input_psnr"],
         output_psnr=std["output_psnr"],
         input_ssim=std["input_ssim"],
         output_ssim=std["output_ssim"],
         steps=result.step,
-        train_seconds=train_seconds,
-        seconds=seconds,
+        train_seconds=result.seconds,
+        seconds=0.0,
         held_out=list(HELD_OUT_IMAGES),
         paper=paper,
         files=files,
     )
-    summary = {k: v for k, v in asdict(demo).items() if k not in ("out", "files")}
-    summary.update(gain_db=demo.gain_db, quick=quick, weighting=weighting, seed=seed,
-                   eval_rain_seed=EVAL_RAIN_SEED, eval_crop=settings.eval_crop)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    files.append(out / "summary.json")
 
+
+def _report(demo: DemoResult, settings: DemoSettings, result: TrainResult) -> list[str]:
+    """The demo's closing lines: scores, outputs, and where to go for real photos."""
     where = "central crops of the" if settings.eval_crop else "the full"
     lines = [
-        f"trained {result.step} steps in {train_seconds:.0f} s (total {seconds:.0f} s)",
+        f"trained {result.step} steps in {demo.train_seconds:.0f} s (total {demo.seconds:.0f} s)",
         f"held-out images (never trained on; rain seed {EVAL_RAIN_SEED}): "
         f"{', '.join(HELD_OUT_IMAGES)} ({where} images)",
         f"standard protocol (Y channel): input PSNR {demo.input_psnr:.2f} dB -> output "
         f"{demo.output_psnr:.2f} dB ({demo.gain_db:+.2f} dB); SSIM {demo.input_ssim:.4f} -> "
         f"{demo.output_ssim:.4f}",
     ]
-    if paper is not None:
+    if demo.paper is not None:
+        p = demo.paper
         lines.append(
-            f"paper protocol (RGB, ten 224x224 crops): input PSNR {paper['input_psnr']:.2f} dB "
-            f"-> output {paper['output_psnr']:.2f} dB ({paper['psnr_gain']:+.2f} dB); SSIM "
-            f"{paper['input_ssim']:.4f} -> {paper['output_ssim']:.4f}"
+            f"paper protocol (RGB, ten 224x224 crops): input PSNR {p['input_psnr']:.2f} dB "
+            f"-> output {p['output_psnr']:.2f} dB ({p['psnr_gain']:+.2f} dB); SSIM "
+            f"{p['input_ssim']:.4f} -> {p['output_ssim']:.4f}"
         )
-    lines.append(f"outputs in {out}: grid.png, scores-*.csv, summary.json, train/ (plots, weights)")
-    print("\n".join(lines), file=stream)
-    return demo
+    lines += [
+        f"outputs in {demo.out}: grid.png, scores-*.csv, summary.json, train/ (plots, weights)",
+        f"demo model: {result.weights_file} -- a quick check that training works, trained "
+        f"minutes on synthetic rain over {len(TRAIN_IMAGES)} pictures; not a model for real "
+        f"photos",
+        "to de-rain your own photos (bundled pretrained model): "
+        "python -m menet derain photo.jpg --out derained/",
+        f"  (or with the demo model: python -m menet derain photo.jpg --weights "
+        f"{result.weights_file} --out derained/)",
+    ]
+    return lines

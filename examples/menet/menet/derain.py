@@ -41,6 +41,7 @@ from typing import TextIO
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from .images import read_bit_depth, read_image, write_image
 from .model import pad_to_multiple
@@ -299,8 +300,6 @@ def derain_files(
     DerainReport
         ``written`` output paths and ``failed`` ``(input, reason)`` pairs.
     """
-    from tqdm import tqdm
-
     err = stderr if stderr is not None else sys.stderr
     out = Path(out_dir)
     report = DerainReport()

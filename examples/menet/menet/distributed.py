@@ -8,28 +8,16 @@ share of every batch (:class:`ShardedEpochSampler`), and only rank 0 writes
 the log, the plots, the checkpoints and the exported weights
 (:func:`on_rank0`).
 
-The global batch is the same whatever ``N`` is. Step :math:`k` of epoch
-:math:`e` uses the patches
-
-.. math::
-
-    \\pi_e[kB : (k + 1)B], \\qquad \\pi_e = \\operatorname{perm}(\\mathrm{seed}, e)
-
-where :math:`B` is ``batch_size`` and :math:`\\pi_e` the permutation of
-:class:`menet.train.EpochSampler`; rank :math:`r` of :math:`N` takes every
-:math:`N`-th of them (positions :math:`r, r + N, \\dots`), :math:`B / N` in all.
-So the step count, the learning-rate schedule and the data seen by each step
-do not depend on :math:`N`, and a checkpoint written by a run on :math:`N`
-processes resumes on any other number that divides :math:`B`. (With
+The global batch is the same whatever ``N`` is (:mod:`menet.sampling`): the
+step count, the learning-rate schedule and the data seen by each step do not
+depend on :math:`N`, and a checkpoint written by a run on :math:`N`
+processes resumes on any other number that divides ``batch_size``. (With
 BatchNorm the results still differ slightly: each replica normalises with
 the statistics of its own share of the batch.)
 
 Every process reads ``<out>/last.ckpt`` to resume, and only rank 0 writes it:
 on several machines, ``--out`` must be a shared folder.
 
->>> s = ShardedEpochSampler(10, seed=0, batch_size=4, rank=1, world_size=2)
->>> s.set_epoch(0); len(s), len(list(s))
-(4, 4)
 >>> context().world_size  # not started by torchrun
 1
 """
@@ -37,14 +25,17 @@ on several machines, ``--out`` must be a shared folder.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+
+from mtlweight.distributed import is_distributed
+
+from .sampling import ShardedEpochSampler
 
 __all__ = [
     "DistContext",
@@ -107,7 +98,7 @@ def context() -> DistContext:
     DistContext(rank=0, world_size=1, local_rank=0)
     """
     local_rank = _env_int("LOCAL_RANK", 0)
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         return DistContext(dist.get_rank(), dist.get_world_size(), local_rank)
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
@@ -134,7 +125,7 @@ def setup(device: torch.device) -> DistContext:
         This process's rank and the world size.
     """
     ctx = context()
-    if not ctx.enabled or dist.is_initialized():
+    if not ctx.enabled or is_distributed():
         return ctx
     if not dist.is_available():
         raise RuntimeError(
@@ -159,13 +150,13 @@ def setup(device: torch.device) -> DistContext:
 
 def cleanup() -> None:
     """Leave the process group (if this module's caller joined one)."""
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.destroy_process_group()
 
 
 def barrier() -> None:
     """Wait for every process (no-op in a single process)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if is_distributed() and dist.get_world_size() > 1:
         dist.barrier()
 
 
@@ -192,7 +183,7 @@ def on_rank0(fn: Callable[[], T], what: str) -> T | None:
     >>> on_rank0(lambda: 42, "the answer")
     42
     """
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not (is_distributed() and dist.get_world_size() > 1):
         return fn()
     failure: BaseException | None = None
     result: T | None = None
@@ -210,88 +201,3 @@ def on_rank0(fn: Callable[[], T], what: str) -> T | None:
     if float(flag) > 0:
         raise RuntimeError(f"{what} failed on rank 0 (see its error message)")
     return result
-
-
-def _mix_seed(seed: int, epoch: int) -> int:
-    from .train import _mix
-
-    return _mix(seed, epoch, 1)
-
-
-class ShardedEpochSampler(Sampler[int]):
-    """One process's share of :class:`menet.train.EpochSampler`'s batches.
-
-    The epoch's permutation depends only on ``(seed, epoch)`` (it is the one a
-    single process would use). It is cut into ``len // batch_size`` global
-    batches (the remainder is dropped, as the single-process run's
-    ``drop_last`` does); rank ``r`` keeps positions ``r, r + N, ...`` of them,
-    so that, batched by ``batch_size // N`` in order, its ``k``-th batch is
-    its share of global batch ``k``.
-
-    Parameters
-    ----------
-    n : int
-        Dataset size.
-    seed : int
-        Seed of the permutations.
-    batch_size : int
-        The global batch size ``B``; must be a multiple of ``world_size``.
-        When ``n < B`` the one batch of each epoch is the first
-        ``n - n % world_size`` patches.
-    rank, world_size : int
-        This process and the number of processes.
-
-    >>> full = ShardedEpochSampler(8, seed=3, batch_size=4, rank=0, world_size=1)
-    >>> parts = [ShardedEpochSampler(8, seed=3, batch_size=4, rank=r, world_size=2)
-    ...          for r in (0, 1)]
-    >>> for s in (full, *parts): s.set_epoch(5)
-    >>> a, b = (list(p) for p in parts)
-    >>> list(full)[:4] == [a[0], b[0], a[1], b[1]]  # global batch 0 = both shares
-    True
-    """
-
-    def __init__(
-        self, n: int, seed: int, batch_size: int, rank: int = 0, world_size: int = 1
-    ) -> None:
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(
-                f"need 0 <= rank < world_size; found rank={rank}, world_size={world_size}"
-            )
-        if batch_size < 1 or batch_size % world_size:
-            raise ValueError(
-                f"batch_size {batch_size} must be a positive multiple of the number of "
-                f"processes ({world_size}): each process takes batch_size / {world_size} patches"
-            )
-        if n < world_size:
-            raise ValueError(f"{n} training patches cannot be shared by {world_size} processes")
-        self.n, self.seed, self.batch_size = n, seed, batch_size
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-
-    @property
-    def global_batch(self) -> int:
-        """Patches per step over all processes: ``batch_size``, or fewer for a tiny data set."""
-        return self.batch_size if self.n >= self.batch_size else self.n - self.n % self.world_size
-
-    @property
-    def local_batch(self) -> int:
-        """Patches per step on this process."""
-        return self.global_batch // self.world_size
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Steps (global batches) per epoch."""
-        return max(1, self.n // self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the permutation of ``epoch`` (call before iterating, every epoch)."""
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch))
-        used = self.steps_per_epoch * self.global_batch
-        order = torch.randperm(self.n, generator=g)[:used]
-        return iter(order[self.rank :: self.world_size].tolist())
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch * self.local_batch

@@ -83,6 +83,37 @@ def _run(model: Model | None, x: Tensor, batch_size: int) -> Tensor:
     return quantize(torch.cat(outs))
 
 
+def _score_pair(
+    model: Model | None,
+    rainy: Tensor,
+    clean: Tensor,
+    index: int,
+    protocol: Protocol,
+    device: torch.device | str,
+    batch_size: int,
+    crop_size: int,
+) -> dict[str, float]:
+    """Input and output PSNR/SSIM of one pair under ``protocol``."""
+    if rainy.shape != clean.shape or rainy.dim() != 3 or rainy.shape[0] != 3:
+        raise ValueError(
+            f"pair {index}: expected two (3, H, W) images of equal size, found "
+            f"{tuple(rainy.shape)} and {tuple(clean.shape)}"
+        )
+    rainy = quantize(rainy.to(device, torch.float32))
+    clean = quantize(clean.to(device, torch.float32))
+    if protocol == "paper":
+        rainy, clean = ten_crops(rainy, crop_size), ten_crops(clean, crop_size)
+    else:
+        rainy, clean = rainy[None], clean[None]
+    out = _run(model, rainy, batch_size)
+    in_p, in_s = _scores(rainy, clean, protocol)
+    out_p, out_s = _scores(out, clean, protocol)
+    return {
+        "input_psnr": float(in_p.mean()), "input_ssim": float(in_s.mean()),
+        "output_psnr": float(out_p.mean()), "output_ssim": float(out_s.mean()),
+    }
+
+
 def evaluate_pairs(
     model: Model | None,
     dataset: Dataset[tuple[Tensor, Tensor]] | Sequence[tuple[Tensor, Tensor]],
@@ -146,26 +177,13 @@ def evaluate_pairs(
             for i in tqdm(range(len(dataset)), desc=f"evaluate ({protocol})",  # type: ignore[arg-type]
                           disable=not progress):
                 rainy, clean = dataset[i]
-                if rainy.shape != clean.shape or rainy.dim() != 3 or rainy.shape[0] != 3:
-                    raise ValueError(
-                        f"pair {i}: expected two (3, H, W) images of equal size, found "
-                        f"{tuple(rainy.shape)} and {tuple(clean.shape)}"
-                    )
-                rainy = quantize(rainy.to(device, torch.float32))
-                clean = quantize(clean.to(device, torch.float32))
-                if protocol == "paper":
-                    rainy, clean = ten_crops(rainy, crop_size), ten_crops(clean, crop_size)
-                else:
-                    rainy, clean = rainy[None], clean[None]
-                out = _run(model, rainy, batch_size)
-                in_p, in_s = _scores(rainy, clean, protocol)
-                out_p, out_s = _scores(out, clean, protocol)
+                scores = _score_pair(model, rainy, clean, i, protocol, device, batch_size,
+                                     crop_size)
                 records.append(ImageRecord(
                     name=names[i] if names is not None else str(i),
                     id=ids[i] if ids is not None else None,
                     protocol=protocol,
-                    input_psnr=float(in_p.mean()), input_ssim=float(in_s.mean()),
-                    output_psnr=float(out_p.mean()), output_ssim=float(out_s.mean()),
+                    **scores,
                 ))
     finally:
         if was_training and isinstance(model, nn.Module):
@@ -231,6 +249,7 @@ def _groups(records: Records | Mapping[str, Records]) -> list[tuple[str, list[fl
 
 
 def _save(fig: object, path: str | Path) -> None:
+    # matplotlib is heavy: imported by the plotting functions only
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     path = Path(path)

@@ -67,7 +67,7 @@ def _read_16bit_tiff(path: Path) -> np.ndarray | None:
     if path.suffix.lower() not in (".tif", ".tiff"):
         return None
     try:
-        import imageio.v3 as iio
+        import imageio.v3 as iio  # optional: only for 16-bit colour TIFF files
 
         arr = np.asarray(iio.imread(path))
     except Exception:  # fall back to Pillow's reading
@@ -229,7 +229,7 @@ def write_image(img: Tensor, path: PathLike, *, bits: int = 8, quality: int = 95
             if suffix == ".png":
                 _write_png16(path, a16)
             else:
-                import imageio.v3 as iio
+                import imageio.v3 as iio  # optional: only for 16-bit TIFF output
 
                 iio.imwrite(path, a16[:, :, 0] if a16.shape[2] == 1 else a16)
             return

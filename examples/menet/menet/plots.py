@@ -4,7 +4,9 @@ Two PNG figures (matplotlib, non-interactive Agg backend):
 
 - ``loss_curves.png``: each unweighted loss and the weighted total against the
   step, on a log scale, raw (faint) and smoothed with a moving average;
-- ``weight_trajectories.png``: each task's weight against the step.
+- ``weight_trajectories.png``: each task's weight against the step, smoothed
+  over the raw (faint) curve, with the learning-rate drops of a step schedule
+  marked (or a cosine schedule's rate drawn on a second axis).
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -19,10 +21,11 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["moving_average", "plot_training_log", "read_log"]
+__all__ = ["lr_drops", "moving_average", "plot_training_log", "read_log"]
 
 
 def read_log(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -61,6 +64,41 @@ def moving_average(x: np.ndarray, window: int) -> np.ndarray:
     return np.asarray((c[idx] - c[lo]) / (idx - lo))
 
 
+def lr_drops(steps: np.ndarray, lr: np.ndarray) -> list[float]:
+    """Steps at which a held learning rate falls to half or less: the drops of a step schedule.
+
+    A drop at row ``i`` needs ``lr[i] <= lr[i-1] / 2`` and ``lr[i-1] == lr[i-2]``
+    (the rate was constant before it), so a smooth (cosine) decay has none,
+    even near its end where consecutive rates differ by large factors.
+
+    >>> lr_drops(np.array([1, 2, 3, 4]), np.array([1e-3, 1e-3, 1e-4, 1e-4]))
+    [3.0]
+    >>> lr_drops(np.array([1, 2, 3, 4]), np.array([1e-3, 9e-4, 4e-4, 1e-4]))
+    []
+    """
+    if len(lr) < 3:
+        return []
+    i = np.arange(2, len(lr))
+    falls = i[(lr[i] <= 0.5 * lr[i - 1]) & (lr[i - 1] == lr[i - 2])]
+    return [float(steps[k]) for k in falls]
+
+
+def _mark_learning_rate(ax: Any, steps: np.ndarray, lr: np.ndarray | None) -> None:
+    """Mark the drops of a step schedule, or draw a varying (cosine) rate on a twin axis."""
+    if lr is None or len(lr) < 2:
+        return
+    drops = lr_drops(steps, lr)
+    for k, step in enumerate(drops):
+        ax.axvline(step, color="0.3", linestyle="--", linewidth=1.0,
+                   label="learning rate drop" if k == 0 else None)
+    if not drops and np.ptp(lr) > 0:
+        twin = ax.twinx()
+        twin.plot(steps, lr, color="0.4", linestyle=":", linewidth=1.2, label="learning rate")
+        twin.set_ylabel("learning rate")
+        twin.set_ylim(bottom=0)
+        twin.legend(loc="upper right")
+
+
 def plot_training_log(
     log: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, window: int | None = None
 ) -> list[Path]:
@@ -80,7 +118,7 @@ def plot_training_log(
     list[Path]
         The two written files.
     """
-    import matplotlib
+    import matplotlib  # heavy: imported only when plotting
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -118,13 +156,16 @@ def plot_training_log(
     for i, t in enumerate(tasks):
         col = f"weight_{t}"
         if col in cols:
-            ax.plot(steps, cols[col], color=f"C{i}", label=t, linewidth=1.2)
+            if w > 1:
+                ax.plot(steps, cols[col], color=f"C{i}", alpha=0.2, linewidth=0.6)
+            ax.plot(steps, moving_average(cols[col], w), color=f"C{i}", label=t, linewidth=1.6)
+    _mark_learning_rate(ax, steps, cols.get("lr"))
     ax.set_xlabel("step")
     ax.set_ylabel("weight $w_t$")
-    ax.set_title("Task weights per step")
+    ax.set_title(f"Task weights (moving average over {w} steps; raw per step faint)")
     ax.grid(True, alpha=0.3)
     if tasks:
-        ax.legend()
+        ax.legend(loc="upper left")
     fig.tight_layout()
     weights_png = out / "weight_trajectories.png"
     fig.savefig(weights_png, dpi=120)
