@@ -61,7 +61,8 @@ class DBMTL(ParameterState):
     Raises
     ------
     ValueError
-        With a negative loss (naming the task), or a ``representation=``.
+        With a negative loss (naming the task), a ``representation=``, or at
+        :meth:`accumulate` (the log of a batch is not a sum over micro-batches).
 
     .. note::
         As in LibMTL's code (the authors'), the moving average starts at zero,
@@ -114,6 +115,13 @@ class DBMTL(ParameterState):
         check_non_negative(names, detached, "DBMTL")
         logs = {n: torch.log(t + self.eps) for n, t in zip(names, tensors, strict=True)}
         return super().backward(logs, representation=representation)
+
+    def accumulate(self, losses: Losses) -> None:
+        """Not available: the log of a sum of micro-batch losses is no sum of their logs."""
+        raise ValueError(
+            "DBMTL trains on log(L_t + eps), whose gradient over a batch is not the sum of its "
+            "micro-batches' gradients: call DBMTL.backward(losses) on each whole batch"
+        )
 
     def combine(self, jac: Tensor, gram: Tensor, values: Tensor) -> Combination:
         rows = self.task_order(jac).detach()

@@ -111,6 +111,8 @@ def test_clear_errors(model: TinyMultiTask) -> None:
         mw.DBMTL(model.trunk).backward(losses)
     with pytest.raises(ValueError, match="beta"):
         mw.DBMTL(model.trunk, beta=1.0)
+    with pytest.raises(ValueError, match="micro-batches"):
+        mw.DBMTL(model.trunk).accumulate(model.losses())
 
 
 def test_trains_a_tiny_model() -> None:
