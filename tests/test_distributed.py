@@ -112,6 +112,11 @@ EXACT_BY_STRATEGY = {
     "nash_mtl",
     "aligned_mtl",
     "gradnorm",
+    "graddrop",
+    "excess_mtl",
+    "moco",
+    "famo",
+    "stch",
 }
 """Other registry names whose DDP run must equal the combined-batch run: their
 statistics (losses, the Jacobian of the shared parameters) average exactly. RLW is
@@ -134,6 +139,9 @@ LINEAR_BY_STRATEGY = {
     "imtl_g",
     "nash_mtl",
     "aligned_mtl",
+    "excess_mtl",
+    "famo",
+    "stch",
 }
 """Other registry names whose model gradient is ``sum_t w_t grad L_t`` with the reported
 weights (PCGrad is not: its projected gradients are no such combination)."""
