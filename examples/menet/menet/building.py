@@ -40,6 +40,7 @@ from .data import (
 from .model import MENET
 
 __all__ = [
+    "DeviceError",
     "PairSource",
     "build_amp",
     "build_dataset",
@@ -56,6 +57,10 @@ __all__ = [
 Pairs = Dataset[tuple[Tensor, Tensor]]
 
 
+class DeviceError(RuntimeError):
+    """The requested device is not available on this machine (e.g. ``cuda`` without CUDA)."""
+
+
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` -> CUDA when available else CPU; ``"cuda"`` without CUDA is an error.
 
@@ -65,7 +70,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise DeviceError(
             f"device {name!r} requested but CUDA is not available on this machine "
             f"(PyTorch {torch.__version__}); use --device cpu or auto"
         )

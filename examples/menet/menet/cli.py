@@ -25,7 +25,7 @@ from typing import Any, Literal
 from torch import nn
 
 from ._threads import configure_threads
-from .building import PairSource, build_pairs, resolve_device
+from .building import DeviceError, PairSource, build_pairs, resolve_device
 from .checkpoint import CheckpointError, load_checkpoint, load_model
 from .config import DEFAULT_RECIPE, RECIPES, TrainConfig
 from .demo import run_demo
@@ -88,10 +88,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return _fail("train", exc)
     try:
         result = train(config)
-    except (ValueError, OSError, RuntimeError, FloatingPointError) as exc:
+    except (ValueError, OSError, CheckpointError, DeviceError, FloatingPointError) as exc:
         # OSError: unreadable data, or a full/read-only output folder (the message names
         # the file); FloatingPointError: a NaN/inf loss (the message names step and task);
-        # RuntimeError: no CUDA for --device cuda; CheckpointError is a RuntimeError.
+        # DeviceError: --device cuda without CUDA.
         return _fail("train", exc)
     if not context().is_main:  # under torchrun, rank 0 reports for every process
         return 130 if result.interrupted else 0
@@ -158,7 +158,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         model = None if args.input_only else _load_weights(args.weights, device)
         dataset = build_pairs(_evaluate_source(args))
-    except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
+    except (CheckpointError, DeviceError, OSError, ValueError) as exc:
         return _fail("evaluate", exc)
     protocols: list[Literal["paper", "standard"]] = (
         ["paper", "standard"] if args.protocol == "both" else [args.protocol]
@@ -216,7 +216,7 @@ def _cmd_derain(args: argparse.Namespace) -> int:
         return _fail("derain", f"no images (.png, .jpg, ...) in folder {empty[0]}")
     try:
         model = _load_weights(args.weights, resolve_device(args.device))
-    except (CheckpointError, RuntimeError, ValueError) as exc:
+    except (CheckpointError, DeviceError, ValueError) as exc:
         return _fail("derain", exc)
     report = derain_files(
         model,
@@ -247,7 +247,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             device=args.device,
             progress=args.progress,
         )
-    except (ValueError, RuntimeError) as exc:  # unknown strategy, --steps 0, no CUDA, ...
+    except (ValueError, DeviceError) as exc:  # unknown strategy, --steps 0, no CUDA, ...
         return _fail("demo", exc)
     return 0 if result.gain_db > 0 else 1
 

@@ -130,7 +130,7 @@ def run_demo(
     ------
     ValueError
         ``steps < 1`` or an unknown strategy (before anything is trained).
-    RuntimeError
+    menet.building.DeviceError
         ``device="cuda"`` on a machine without CUDA.
     """
     start = time.perf_counter()
