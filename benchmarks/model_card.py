@@ -1,0 +1,182 @@
+"""Model card of the bundled pretrained MENET: pack it, score it, write the card.
+
+Takes a finished training run (``python -m menet train ... --out RUN``), packs
+its ``model.safetensors`` as the float16 file shipped in the ``menet`` package
+(:func:`menet.pretrained.pack_weights`), scores *the packed file* on the
+``test`` ids of Rain100L and Rain100H under both protocols, and writes:
+
+- the JSON card next to the shipped weights (``menet-rain100.json``: data,
+  recipe, steps, wall time, scores, the command that reproduces it), which
+  ``menet derain``/``menet evaluate`` print from;
+- ``benchmarks/results/model_card.md`` (included by the docs' model card page);
+- ``docs/_static/menet/bundled_examples.jpg``: rainy | derained | clean on
+  built-in images with synthetic light and heavy rain (no benchmark image is
+  copied into the repository).
+
+    python benchmarks/model_card.py --run runs/bundled
+    python benchmarks/model_card.py --run runs/bundled --score-only   # re-score the shipped file
+
+Without the data (``../shared/data`` or ``$MTLWEIGHT_DATA``) it says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from menet.checkpoint import load_model
+from menet.data import PairedFolder, SyntheticRainPairs, builtin_images, load_split
+from menet.evaluate import evaluate_pairs, save_grid, summarize
+from menet.pretrained import BUNDLED, pack_weights
+
+from _common import RESULTS, machine, markdown_table
+from _training import PROTOCOLS, REPO, default_data_root
+
+SETS = ("Rain100L", "Rain100H")
+FIGURE = REPO / "docs" / "_static" / "menet" / "bundled_examples.jpg"
+#: The issue's targets (test ids, Y, full image).
+TARGETS = {"Rain100L": 35.7, "Rain100H": 26.0}
+
+
+def reproduce_command(config: dict[str, Any]) -> str:
+    """The ``python -m menet train`` command line of a stored training config."""
+    data = config["data"] if isinstance(config["data"], list) else [config["data"]]
+    parts = ["python -m menet train", "--data", *data, "--split", config["split"],
+             "--split-key", config["split_key"], "--recipe", "fast",
+             "--patches", config["patches"], "--patch-size", str(config["patch_size"]),
+             "--patches-per-image", str(config["patches_per_image"]),
+             "--batch-size", str(config["batch_size"]), "--steps", str(config["steps"]),
+             "--weighting", config["weighting"], "--seed", str(config["seed"]), "--out", "RUN"]
+    return " ".join(parts)
+
+
+def score(weights: Path, data: Path, split: Path) -> dict[str, dict[str, dict[str, float]]]:
+    model = load_model(weights, device="cpu")
+    test_ids = load_split(split)["test"]
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name in SETS:
+        pairs = PairedFolder(data / name, ids=test_ids, cache=True)
+        out[name] = {p: summarize(evaluate_pairs(model, pairs, p, batch_size=4, progress=False))
+                     for p in PROTOCOLS}
+        s = out[name]["standard"]
+        print(f"{name}: Y {s['input_psnr']:.2f} -> {s['output_psnr']:.2f} dB, SSIM "
+              f"{s['input_ssim']:.4f} -> {s['output_ssim']:.4f}", flush=True)
+    return out
+
+
+def figure(weights: Path, path: Path) -> None:
+    """Rainy | derained | clean on the built-in images with synthetic rain of both presets.
+
+    The benchmark images stay out of the repository, so the figure uses the
+    package's own clean images (scikit-image samples) with procedural rain.
+    """
+    model = load_model(weights, device="cpu").eval()
+    images = builtin_images()[:2]
+    triples, labels = [], []
+    for preset in ("light", "heavy"):
+        pairs = SyntheticRainPairs(images, preset=preset, seed=7)
+        for i in range(len(pairs)):
+            rainy, clean = pairs[i]
+            with torch.no_grad():
+                derained = model(rainy[None])[0].clamp(0, 1)
+            triples.append((rainy, derained, clean))
+            labels.append(f"{images[i][0]}, {preset} rain")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_grid(triples, path, row_labels=labels)
+
+
+def render(card: dict[str, Any]) -> str:
+    head = ["test set (28 ids)", "protocol", "input PSNR / SSIM", "output PSNR / SSIM", "target"]
+    rows = []
+    for name in SETS:
+        for protocol in ("standard", "paper"):
+            s = card["scores"][name][protocol]
+            target = f"≥ {TARGETS[name]} dB" if protocol == "standard" else ""
+            if target:
+                target += " (met)" if s["output_psnr"] >= TARGETS[name] else " (NOT met)"
+            rows.append([name, "Y, full image" if protocol == "standard" else
+                         "RGB, ten 224 px crops", f"{s['input_psnr']:.2f} / {s['input_ssim']:.4f}",
+                         f"{s['output_psnr']:.2f} / {s['output_ssim']:.4f}", target])
+    t = card["training"]
+    return "\n".join([
+        "## Bundled model: scores",
+        "",
+        markdown_table(head, rows),
+        "",
+        f"Trained with the project's own CLI on the {t['train_images']} `train` ids of "
+        "`rain100-split.json` in Rain100L **and** Rain100H together "
+        f"({t['steps']} steps of {t['batch_size']} random {t['patch_size']} px crops, "
+        f"{t['weighting'].upper()} weighting, recipe `fast`), "
+        f"{t['wall_seconds'] / 60:.0f} min wall time on {card['machine']['cpu']} "
+        f"({card['machine']['logical_cpus']} logical CPUs, shared with other jobs). "
+        f"Stored as float16 safetensors ({card['file_bytes'] / 2**20:.2f} MiB); scores are "
+        "of that shipped file.",
+        "",
+        "Reproduce:",
+        "",
+        "```bash",
+        card["command"],
+        "python benchmarks/model_card.py --run RUN",
+        "```",
+        "",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", type=Path, required=True, help="the finished training run folder")
+    p.add_argument("--data", type=Path, default=None)
+    p.add_argument("--weights", type=Path, default=BUNDLED, help="where to write the packed file")
+    p.add_argument("--score-only", action="store_true", help="do not re-pack, score the file")
+    p.add_argument("--figure", type=Path, default=FIGURE, help="rainy | derained | clean grid")
+    p.add_argument("--no-figure", action="store_true")
+    p.add_argument("--markdown", type=Path, default=RESULTS / "model_card.md")
+    args = p.parse_args(argv)
+    data = args.data or default_data_root()
+    split = data / "rain100-split.json"
+    if not all(x.exists() for x in (split, *(data / s for s in SETS))):
+        print(f"model card skipped: data not found under {data}")
+        return 0
+    config = json.loads((args.run / "config.json").read_text())
+    with open(args.run / "log.csv", newline="") as f:
+        log = list(csv.DictReader(f))
+    training = {
+        "data": [Path(d).name for d in (config["data"] if isinstance(config["data"], list)
+                                        else [config["data"]])],
+        "split": "rain100-split.json (train ids)", "train_images": len(load_split(split)["train"]),
+        "steps": int(log[-1]["step"]), "wall_seconds": float(log[-1]["time"]),
+        **{k: config[k] for k in ("patch_size", "batch_size", "patches", "weighting", "gb_shared",
+                                  "variant", "lr", "lr_schedule", "clip_grad_norm",
+                                  "texture_normalize", "zero_init_residual", "seed", "losses")},
+    }
+    card: dict[str, Any] = {
+        "description": "MENET shallow-ca trained on Rain100L + Rain100H train ids (fast recipe)",
+        "data": training["data"], "steps": training["steps"], "weighting": config["weighting"],
+        "training": training, "command": reproduce_command(config), "machine": machine(),
+    }
+    if not args.score_only:
+        pack_weights(args.run / "model.safetensors", args.weights, card)
+    card["file_bytes"] = args.weights.stat().st_size
+    card["scores"] = score(args.weights, data, split)
+    pack_card = args.weights.with_suffix(".json")
+    stored = json.loads(pack_card.read_text()) if pack_card.is_file() else {}
+    pack_card.write_text(json.dumps({**stored, **card}, indent=2, sort_keys=True) + "\n")
+    args.markdown.write_text(render(card), encoding="utf-8")
+    if not args.no_figure:
+        figure(args.weights, args.figure)
+    print(f"wrote {args.weights}, {pack_card}, {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
