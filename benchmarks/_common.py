@@ -125,14 +125,14 @@ DOCS_RESULTS = Path(__file__).resolve().parents[1] / "docs" / "_generated" / "re
 def write_docs_results(out: Path | None = None) -> Path:
     """Assemble ``docs/_generated/results.md`` from the Markdown files under ``results/``.
 
-    Sections, in order, for those present: ``overhead.md``, ``speed.md``,
+    Sections, in order, for those present: ``overhead.md``, ``vs_torchjd.md``, ``speed.md``,
     ``quality.md``, ``quality-long.md`` (a longer-budget run of some rows, made
     with ``quality.py --out results/quality-long.json``); each starts with its
     own ``##`` heading.
     """
     path = out if out is not None else DOCS_RESULTS
     parts: list[str] = []
-    for name in ("overhead", "speed", "recipe", "quality", "quality-long"):
+    for name in ("overhead", "vs_torchjd", "speed", "recipe", "quality", "quality-long"):
         md = RESULTS / f"{name}.md"
         if md.is_file():
             parts += [md.read_text(encoding="utf-8").rstrip(), ""]

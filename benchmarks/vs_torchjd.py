@@ -57,6 +57,7 @@ from _common import (
     markdown_table,
     reset_peak_rss,
     rss_mib,
+    write_docs_results,
     write_json,
 )
 
@@ -467,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.note:
             head += [f"Note: {args.note}", ""]
         path.with_suffix(".md").write_text("\n".join(head + tables(results)), encoding="utf-8")
+        if args.out is None:
+            write_docs_results()  # the docs' results page includes vs_torchjd.md
         return path
 
     for size, width in sizes.items():
