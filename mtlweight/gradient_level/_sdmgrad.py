@@ -74,7 +74,12 @@ class SDMGrad(TaskStateWeighting):
         ``backward(losses)`` has one batch, so here all three are the same
         :math:`J` (:math:`\hat G` is then biased by the gradient noise); the
         update is otherwise the paper's and agrees with TorchJD's
-        ``SDMGradWeighting`` applied to :math:`J J^\top` to rounding.
+        ``SDMGradWeighting`` applied to :math:`J J^\top` to rounding. With the
+        authors' ``lr=10`` the inner steps are much longer than the inverse
+        curvature of :math:`\hat G` (its eigenvalues are of order 1): :math:`w`
+        then often jumps to a vertex of the simplex instead of converging to
+        :math:`w^\star`; a smaller ``lr`` (0.1) with more ``n_iter`` solves the
+        inner problem.
 
     Examples
     --------
