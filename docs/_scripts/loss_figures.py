@@ -119,4 +119,3 @@ def draw_gram() -> None:
         ax.set_yticklabels(["R", "G", "B"], fontsize=7)
     loss = texture_matching_loss(rainy, clean).item()
     fig.suptitle(f"texture matching loss(rainy, clean) = {loss:.2e}", fontsize=9)
-

@@ -59,7 +59,7 @@ def _sphinx(builder: str, out: Path, src: Path = DOCS, jobs: bool = False) -> Bu
     # builder runs serially and reuses the doctrees read by the HTML build.
     cmd += ["-j", "auto"] if jobs else []
     cmd += ["-b", builder, "-d", str(out / "doctrees"), str(src), str(target)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     return Build(target, proc.returncode, proc.stdout + proc.stderr)
 
 
