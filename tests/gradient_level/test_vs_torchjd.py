@@ -149,9 +149,9 @@ def test_fairgrad_alpha_zero_is_the_sum_not_the_mean() -> None:
 
 
 # ---------------------------------------------------------------- stateful
-def run_steps(name: str, count: int, seed: int, **options: object) -> tuple[list[Array], Array]:
-    """Our directions over 4 steps (one weighting) on Jacobians drawn from ``seed``."""
-    jacs = [random_jacobian(seed + 100 * k, count, KINDS[k % 3]) for k in range(4)]
+def run_steps(name: str, count: int, draw: int, **options: object) -> tuple[list[Array], Array]:
+    """Our directions over 4 steps (one weighting) on Jacobians drawn from seed ``draw``."""
+    jacs = [random_jacobian(draw + 100 * k, count, KINDS[k % 3]) for k in range(4)]
     theta = nn.Parameter(torch.zeros(jacs[0].shape[1], dtype=torch.float64))
     weighting = mw.get(name, shared=[theta], **options)
     return jacs, np.stack([apply(weighting, theta, jac)[1] for jac in jacs])
