@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from jacobians import Array, direction, jacobians, train_tiny
 
 from mtlweight._solvers import dual_cone_weights
@@ -40,6 +40,7 @@ def test_torchjd_documentation_example() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(jacobians(full_rank=False))
+@example(np.array([[0.3671875, -0.328125], [-0.328125, -0.328125], [-0.328125, -0.328125]]))
 def test_each_projection_is_optimal_and_the_update_conflicts_with_no_task(jac: Array) -> None:
     count = jac.shape[0]
     gram = jac @ jac.T
@@ -51,7 +52,8 @@ def test_each_projection_is_optimal_and_the_update_conflicts_with_no_task(jac: A
     assert np.all(jac @ d / norms >= -1e-9 * norms.max())
     assert np.all(weights >= 1.0 / count - 1e-12)
     expected = sum(dual_cone_weights(gram, np.eye(count)[i]) for i in range(count)) / count
-    np.testing.assert_allclose(weights, expected, rtol=1e-12)
+    # d is unique, w is not when rows repeat: compare the directions
+    np.testing.assert_allclose(d, jac.T @ expected, rtol=1e-9, atol=1e-9 * norms.max())
 
 
 @settings(max_examples=25, deadline=None)
