@@ -16,17 +16,18 @@ dualproj    as upgrad                                                     5e-15
 config      equal                                                         4e-15
 fairgrad    equal for alpha = 0.5, 1, 2 (scipy least_squares, 1e-8)       3e-9
             alpha = 0: ours (the limit, sum) = T x TorchJD's (mean)
-gradvac     equal, same random orders (our generator seeded like the       1e-15
-            global one), TorchJD eps=0; default eps=1e-8                   1e-7
-sdmgrad     equal to ``SDMGradWeighting()(J J^T)`` over 4 steps            1e-15
-modo        equal to ``MoDoWeighting()(J J^T)`` over 4 steps               1e-15
+gradvac     equal, same random orders (our generator seeded like the       7e-16
+            global one), TorchJD eps=0; default eps=1e-8                   2e-7
+sdmgrad     equal to ``SDMGradWeighting()(J J^T)`` over 4 steps            1e-11
+modo        equal to ``MoDoWeighting()(J J^T)`` over 4 steps               5e-16
 pcgrad      T = 2: equal; T > 2 the random orders differ: our
             ``pcgrad_coefficients`` with TorchJD's orders is equal         1e-15
 mgda        ours is the exact min-norm point: never longer than TorchJD's   0.35 / 3e-2
             Frank-Wolfe answer (default / 2000 iterations), and closer to
             the long run
 cagrad      ``rescale=0`` equal to TorchJD (cvxpy/Clarabel)               1e-4
-imtl_g      equal (full-rank J)                                           1e-12
+imtl_g      equal (full-rank J)                                           1e-12 (before
+            fc5ebaa; see the report)
 nash_mtl    ``max_norm=0`` both, ours ``normalize_gram=True``: ours solves  differs
             the paper's equation (residual <= 2e-9), TorchJD's stops early  (up to 50x)
             (residual 0.18 to 1.0): we keep ours (see the test)
