@@ -26,8 +26,8 @@ mgda        ours is the exact min-norm point: never longer than TorchJD's   0.35
             Frank-Wolfe answer (default / 2000 iterations), and closer to
             the long run
 cagrad      ``rescale=0`` equal to TorchJD (cvxpy/Clarabel)               1e-4
-imtl_g      equal (full-rank J)                                           1e-12 (before
-            fc5ebaa; see the report)
+imtl_g      equal (full-rank J); since fc5ebaa seed2-T4-badly_scaled      1e-12, but
+            fails: ours is 0.96 off the exact G^-1 n / 1^T G^-1 n there     0.96 there
 nash_mtl    ``max_norm=0`` both, ours ``normalize_gram=True``: ours solves  differs
             the paper's equation (residual <= 2e-9), TorchJD's stops early  (up to 50x)
             (residual 0.18 to 1.0): we keep ours (see the test)
