@@ -18,11 +18,15 @@ from mtlweight.gradient_level._inputs import (
     Accumulated,
     SharedInputs,
     add_grad,
+    flat,
+    free_to_assemble,
     gram,
     graph_leaves,
-    jacobian,
-    per_task_gradients,
     require_reached,
+    rows_gram,
+    task_rows,
+    unflat,
+    weighted_sum,
 )
 
 __all__ = ["Combination", "GradientMethod", "GramWeighting", "TaskSpecific"]
@@ -155,6 +159,14 @@ class GradientMethod(Weighting):
         # Not a state: the shared parameters belong to the user's model.
         self.shared = SharedInputs(shared)
         self._accumulated: Accumulated | None = None
+        #: Compute the per-task gradients in one vectorised backward pass
+        #: (``torch.autograd.grad(..., is_grads_batched=True)``) instead of ``T``
+        #: (faster on CPU: the backward reads each weight once for all tasks), if
+        #: ``True``. ``None``: try it at the first step and fall back to ``T``
+        #: passes for good if ``torch.vmap`` cannot batch the graph. Off by
+        #: default: a task's non-finite gradient can then turn another task's
+        #: rows into NaN (``0 * inf``), so the error names the wrong task.
+        self.batched: bool | None = False
 
     @abstractmethod
     def combine(self, jac: Tensor, gram: Tensor, values: Tensor) -> Combination:
@@ -219,33 +231,48 @@ class GradientMethod(Weighting):
         """Backpropagate: :math:`d` on the shared inputs, the rest as ``task_specific`` says.
 
         Returns the weights (coefficients :math:`w` of :math:`d = J^\\top w`) by task.
+        When the per-task passes to the shared parameters already cover the
+        whole graph (the shared part is the whole trunk, only heads are left),
+        they also collect the gradients of the other parameters and the update
+        is assembled from them: no further backward pass. Otherwise the total
+        is backpropagated once with :math:`d` in place of its gradient at the
+        shared inputs.
         """
         fresh = self.tasks is None
         try:
             names, tensors, values = self._prepare(losses)
             weights = self.reused_weights(names)
+            if weights is not None and self.task_specific == "weighted":
+                self._record(names, weights.to(values))  # no per-task passes at all
+                torch.autograd.backward(self._total(tensors, weights))
+                return self._done(losses, representation, tensors)
+            others = None
+            if representation is None and not is_distributed():  # DDP reduces in backward()
+                others = free_to_assemble(tensors, self._inputs(None))
+            inputs, rows = self.jacobian(names, tensors, representation, extra=others or ())
+            shared_rows = rows[: len(inputs)]
             direction: Tensor | None = None
-            inputs: list[Tensor] | None = None
-            jac: Tensor | None = None
             if weights is None:
-                inputs, jac, combination = self._solve(names, tensors, values, representation)
+                self.check_losses(names, values)
+                combination = self._weigh(names, shared_rows, values, representation is not None)
                 weights, direction = combination.weights, combination.direction
-            elif self.task_specific == "plain":
-                inputs, jac = self.jacobian(names, tensors, representation)
         except Exception:
             if fresh:  # a failed first call must not fix the task names
                 self.tasks = None
             raise
         weights = weights.to(values)
         self._record(names, weights)
-        if inputs is None or jac is None:  # reused weights, weighted: one plain backward
-            torch.autograd.backward(self._total(tensors, weights))
+        pieces = self._pieces(weights, direction, inputs, shared_rows)
+        scale = weights if self.task_specific == "weighted" else torch.ones_like(weights)
+        if others is not None:
+            self._write(scale, inputs, pieces, list(zip(others, rows[len(inputs) :], strict=True)))
         else:
-            if direction is None:
-                acc = torch.float64 if jac.dtype == torch.float64 else torch.float32
-                direction = weights.to(device=jac.device, dtype=acc) @ jac.to(acc)
-            scale = weights if self.task_specific == "weighted" else torch.ones_like(weights)
-            self._backward_with(tensors, scale, inputs, direction)
+            self._backward_with(tensors, scale, inputs, pieces)
+        return self._done(losses, representation, tensors)
+
+    def _done(
+        self, losses: Losses, representation: Tensor | None, tensors: list[Tensor]
+    ) -> dict[str, float]:
         if self._forward_hooks:
             self._fire_forward_hooks((losses,), {"representation": representation}, tensors)
         return self.weights
@@ -301,7 +328,7 @@ class GradientMethod(Weighting):
             )
         shared = self.shared_parameters()
         others = graph_leaves(tensors, shared)
-        rows = per_task_gradients(tensors, [*shared, *others], keep_graph=False)
+        rows, _ = self._task_rows(tensors, [*shared, *others], keep_graph=False)
         self._accumulated.add(values, shared, others, rows)
 
     def backward_accumulated(self) -> dict[str, float]:
@@ -313,71 +340,88 @@ class GradientMethod(Weighting):
         sums are cleared. See :meth:`accumulate`.
         """
         pending, self._accumulated = self._accumulated, None
-        if pending is None or pending.jac is None or pending.values is None:
+        if pending is None or pending.values is None:
             raise RuntimeError(
                 f"{type(self).__name__}.backward_accumulated: nothing was accumulated; call "
                 ".accumulate(losses) for each micro-batch first"
             )
         names, values = pending.names, pending.values
-        jac = self.statistic("jacobian", pending.jac)
-        del self.statistics["jacobian"]
-        acc = torch.float64 if jac.dtype == torch.float64 else torch.float32
-        check_finite(names, jac.to(acc).norm(dim=1), "gradient norm")
+        rows = pending.rows
+        if self.sync and is_distributed():
+            rows = unflat(self.statistic("jacobian", flat(rows)), rows)
+            del self.statistics["jacobian"]
         self.check_losses(names, values)
         weights = self.reused_weights(names)
         direction: Tensor | None = None
         if weights is None:
-            combination = self._combine(names, jac, values, False)
+            combination = self._weigh(names, rows, values, False)
             weights, direction = combination.weights, combination.direction
         weights = weights.to(values)
         self._record(names, weights)
-        others = [(leaf, rows) for leaf, rows in pending.others.values()]
+        others = list(pending.others.values())
         if self.sync and is_distributed():
-            others = [(leaf, all_reduce_mean(rows)) for leaf, rows in others]
-        self._write(weights, direction, pending.shared, jac, others)
+            others = [(leaf, all_reduce_mean(r)) for leaf, r in others]
+        scale = weights if self.task_specific == "weighted" else torch.ones_like(weights)
+        pieces = self._pieces(weights, direction, pending.shared, rows)
+        self._write(scale, pending.shared, pieces, others)
         return self.weights
 
+    @staticmethod
+    def _pieces(
+        weights: Tensor, direction: Tensor | None, inputs: list[Tensor], rows: list[Tensor]
+    ) -> list[Tensor]:
+        """:math:`d` cut into one tensor per shared input."""
+        if direction is not None:
+            return [
+                piece.view_as(t)
+                for t, piece in zip(
+                    inputs, torch.split(direction, [t.numel() for t in inputs]), strict=True
+                )
+            ]
+        return [weighted_sum(weights, r) for r in rows]
+
+    @staticmethod
     def _write(
-        self,
-        weights: Tensor,
-        direction: Tensor | None,
+        scale: Tensor,
         shared: list[Tensor],
-        jac: Tensor,
+        pieces: list[Tensor],
         others: list[tuple[Tensor, Tensor]],
     ) -> None:
         """Accumulate ``d`` into the shared ``.grad`` and the scaled rows into the others'."""
-        acc = torch.float64 if jac.dtype == torch.float64 else torch.float32
-        if direction is None:
-            direction = weights.to(device=jac.device, dtype=acc) @ jac.to(acc)
-        for tensor, piece in zip(
-            shared, torch.split(direction, [t.numel() for t in shared]), strict=True
-        ):
+        for tensor, piece in zip(shared, pieces, strict=True):
             add_grad(tensor, piece)
-        scale = weights if self.task_specific == "weighted" else torch.ones_like(weights)
         for leaf, rows in others:
-            c = scale.to(device=rows.device, dtype=acc)
-            add_grad(leaf, torch.tensordot(c, rows.to(acc), dims=1))
+            add_grad(leaf, weighted_sum(scale, rows))
 
     # -------------------------------------------------------------- helpers
     def _solve(
         self, names: list[str], losses: list[Tensor], values: Tensor, representation: Tensor | None
-    ) -> tuple[list[Tensor], Tensor, Combination]:
+    ) -> tuple[list[Tensor], list[Tensor], Combination]:
         self.check_losses(names, values)
-        inputs, jac = self.jacobian(names, losses, representation)
-        return inputs, jac, self._combine(names, jac, values, representation is not None)
+        inputs, rows = self.jacobian(names, losses, representation)
+        return inputs, rows, self._weigh(names, rows, values, representation is not None)
 
-    def _combine(
-        self, names: list[str], jac: Tensor, values: Tensor, per_sample: bool
+    def _weigh(
+        self, names: list[str], rows: list[Tensor], values: Tensor, per_sample: bool
     ) -> Combination:
-        g = gram(jac)
+        """The combination from the rows of the shared inputs (``J`` built here)."""
+        jac = flat(rows)
+        g = self._gram(names, gram(jac), per_sample)
+        return self._checked(names, self.combine(jac, g, values))
+
+    def _gram(self, names: list[str], g: Tensor, per_sample: bool) -> Tensor:
+        """``G`` averaged across processes for a representation, symmetric, checked finite."""
         if per_sample and self.sync and is_distributed():
             # Each rank's columns are its own samples: Gram matrices add up over
             # samples. With mean losses over equal batches, the combined batch's
             # Gram matrix is the mean over ranks divided by their number.
             g = self.statistic("gram", g) / world_size()
         g = (g + g.T) / 2
+        check_finite(names, g.diagonal().clamp_min(0.0).sqrt(), "gradient norm")
         self.statistics["gram"] = g
-        combination = self.combine(jac, g, values)
+        return g
+
+    def _checked(self, names: list[str], combination: Combination) -> Combination:
         weights = combination.weights
         if weights.shape != (len(names),):
             raise ValueError(
@@ -388,23 +432,42 @@ class GradientMethod(Weighting):
         return combination
 
     def jacobian(
-        self, names: list[str], losses: list[Tensor], representation: Tensor | None
-    ) -> tuple[list[Tensor], Tensor]:
-        """The differentiated inputs and their ``(T, P)`` task gradients, checked finite.
+        self,
+        names: list[str],
+        losses: list[Tensor],
+        representation: Tensor | None,
+        *,
+        extra: Sequence[Tensor] = (),
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """The differentiated inputs and the per-task gradients, one ``(T, *shape)`` per input.
 
-        One backward pass per task, stopping at the ``representation`` or the
-        shared parameters; averaged across processes for shared parameters.
+        One backward pass per task (or one batched pass, see :attr:`batched`),
+        stopping at the ``representation`` or the shared parameters, averaged
+        across processes for shared parameters. ``extra`` tensors (the other
+        leaves, when the update is assembled) get their rows too, after the
+        inputs', and the graph is then freed.
         """
         per_sample = representation is not None
         inputs = self._inputs(representation)
-        jac, reached = jacobian(losses, inputs)
+        rows, reached = self._task_rows(losses, [*inputs, *extra], keep_graph=not extra)
         require_reached(self, reached, inputs, per_sample)
-        if not per_sample:
-            jac = self.statistic("jacobian", jac)
+        if not per_sample and self.sync and is_distributed():
+            shared = rows[: len(inputs)]
+            rows = [*unflat(self.statistic("jacobian", flat(shared)), shared), *rows[len(inputs) :]]
             del self.statistics["jacobian"]  # T x P numbers: not kept between steps
-        acc = torch.float64 if jac.dtype == torch.float64 else torch.float32
-        check_finite(names, jac.to(acc).norm(dim=1), "gradient norm")
-        return inputs, jac
+        return inputs, rows
+
+    def _task_rows(
+        self, losses: list[Tensor], targets: list[Tensor], *, keep_graph: bool
+    ) -> tuple[list[Tensor], bool]:
+        if self.batched is None:
+            try:  # keeps the graph this once, so that T passes can follow
+                found = task_rows(losses, targets, keep_graph=True, batched=True)
+                self.batched = True
+                return found
+            except (RuntimeError, NotImplementedError):  # an op vmap cannot batch
+                self.batched = False
+        return task_rows(losses, targets, keep_graph=keep_graph, batched=self.batched)
 
     def _inputs(self, representation: Tensor | None) -> list[Tensor]:
         if representation is not None:
@@ -425,16 +488,14 @@ class GradientMethod(Weighting):
         return total
 
     def _backward_with(
-        self, tensors: list[Tensor], scale: Tensor, inputs: list[Tensor], direction: Tensor
+        self, tensors: list[Tensor], scale: Tensor, inputs: list[Tensor], pieces: list[Tensor]
     ) -> None:
-        """Backpropagate ``sum_t scale_t L_t`` with ``direction`` in place of its gradient at
-        ``inputs``; everything downstream of them sees the plain gradients."""
-        handles = []
-        for tensor, piece in zip(
-            inputs, torch.split(direction, [t.numel() for t in inputs]), strict=True
-        ):
-            hook = _Replace(piece.view_as(tensor))
-            handles.append(tensor.register_hook(hook))  # type: ignore[no-untyped-call]
+        """Backpropagate ``sum_t scale_t L_t`` with ``pieces`` of :math:`d` in place of its
+        gradient at ``inputs``; everything downstream of them sees the plain gradients."""
+        handles = [
+            tensor.register_hook(_Replace(piece.view_as(tensor)))  # type: ignore[no-untyped-call]
+            for tensor, piece in zip(inputs, pieces, strict=True)
+        ]
         try:
             torch.autograd.backward(self._total(tensors, scale))
         finally:
@@ -478,3 +539,10 @@ class GramWeighting(GradientMethod):
 
     def combine(self, jac: Tensor, gram: Tensor, values: Tensor) -> Combination:
         return Combination(self.gram_weights(gram, values))
+
+    def _weigh(
+        self, names: list[str], rows: list[Tensor], values: Tensor, per_sample: bool
+    ) -> Combination:
+        # G as a sum over the inputs: J itself is never built
+        g = self._gram(names, rows_gram(rows), per_sample)
+        return self._checked(names, Combination(self.gram_weights(g, values)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +14,23 @@ from mtlweight.distributed import all_reduce_mean, is_distributed
 if TYPE_CHECKING:
     from mtlweight._base import Weighting
 
-__all__ = ["SharedInputs", "describe", "grad_norm_statistic", "gram", "jacobian", "require_reached"]
+__all__ = [
+    "Accumulated",
+    "SharedInputs",
+    "add_grad",
+    "describe",
+    "flat",
+    "free_to_assemble",
+    "grad_norm_statistic",
+    "gram",
+    "graph_leaves",
+    "jacobian",
+    "require_reached",
+    "rows_gram",
+    "task_rows",
+    "unflat",
+    "weighted_sum",
+]
 
 
 class SharedInputs:
@@ -203,44 +219,134 @@ def graph_leaves(losses: Sequence[Tensor], exclude: Sequence[Tensor]) -> list[Te
     return found
 
 
-def per_task_gradients(
-    losses: Sequence[Tensor], inputs: Sequence[Tensor], *, keep_graph: bool
-) -> list[list[Tensor]]:
-    """``[[dL_t/dx for x in inputs] for t]``, zeros where a loss does not reach an input.
+def task_rows(
+    losses: Sequence[Tensor], targets: Sequence[Tensor], *, keep_graph: bool, batched: bool
+) -> tuple[list[Tensor], bool]:
+    """Each target's per-task gradients as one ``(T, *shape)`` tensor; whether any was reached.
 
-    One backward pass per task; the last one frees the graph unless ``keep_graph``.
+    ``batched``: one vectorised backward pass (``is_grads_batched=True``)
+    instead of one pass per task. Without ``keep_graph`` the (last) pass frees
+    the graph. Zeros where a loss does not reach a target.
     """
-    rows = []
-    for i, loss in enumerate(losses):
-        grads: Sequence[Tensor | None] = [None] * len(inputs)
-        if loss.requires_grad:
-            retain = keep_graph or i < len(losses) - 1
-            grads = torch.autograd.grad(loss, inputs, retain_graph=retain, allow_unused=True)
-        rows.append(
-            [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads, strict=True)]
+    count = len(losses)
+    grads: list[list[Tensor | None]]
+    live = [loss.requires_grad for loss in losses]
+    if batched and all(live) and count > 1:
+        out = torch.stack([loss.reshape(()) for loss in losses])
+        eye = torch.eye(count, dtype=out.dtype, device=out.device)
+        found = torch.autograd.grad(
+            out, targets, eye, retain_graph=keep_graph, allow_unused=True, is_grads_batched=True
         )
-    return rows
+        reached = any(g is not None for g in found)
+        rows = [
+            torch.zeros((count, *t.shape), dtype=t.dtype, device=t.device) if g is None else g
+            for t, g in zip(targets, found, strict=True)
+        ]
+        return rows, reached
+    grads = []
+    last = max((i for i, flag in enumerate(live) if flag), default=-1)
+    for i, loss in enumerate(losses):
+        if live[i]:
+            retain = keep_graph or i < last
+            grads.append(
+                list(torch.autograd.grad(loss, targets, retain_graph=retain, allow_unused=True))
+            )
+        else:
+            grads.append([None] * len(targets))
+    reached = any(g is not None for row in grads for g in row)
+    rows = []
+    for k, t in enumerate(targets):
+        column = [row[k] for row in grads]
+        if all(g is None for g in column):
+            rows.append(torch.zeros((count, *t.shape), dtype=t.dtype, device=t.device))
+        else:
+            rows.append(torch.stack([torch.zeros_like(t) if g is None else g for g in column]))
+    return rows, reached
+
+
+def flat(rows: Sequence[Tensor]) -> Tensor:
+    """The ``(T, P)`` matrix of the rows of several targets side by side."""
+    if len(rows) == 1:
+        return rows[0].reshape(rows[0].shape[0], -1)
+    return torch.cat([r.reshape(r.shape[0], -1) for r in rows], dim=1)
+
+
+def unflat(jac: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    """Split a ``(T, P)`` matrix back into rows shaped like ``like`` (views)."""
+    pieces = torch.split(jac, [r[0].numel() for r in like], dim=1)
+    return [p.reshape(r.shape) for p, r in zip(pieces, like, strict=True)]
+
+
+def rows_gram(rows: Sequence[Tensor]) -> Tensor:
+    """:func:`gram` of :func:`flat` ``(rows)`` without building it: a sum over the targets."""
+    total = torch.zeros(rows[0].shape[0], rows[0].shape[0], dtype=torch.float64)
+    for r in rows:
+        total += gram(r.reshape(r.shape[0], -1))
+    return total
+
+
+def free_to_assemble(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> list[Tensor] | None:
+    """The other leaves, if the per-task passes to ``shared`` already cover the whole graph.
+
+    Walks the graph once. Every node that does not lead to a shared tensor
+    must be a leaf's ``AccumulateGrad`` or lead only to such leaves (a head's
+    weight and bias): then asking the per-task passes for those leaves too
+    costs next to nothing, and no final backward pass is needed. Otherwise
+    (shared = the last layer, with trainable layers below it) ``None``.
+    """
+    shared_ids = {id(t) for t in shared}
+    reaches: dict[int, bool] = {}
+    light: dict[int, bool] = {}  # no shared below, only leaves below
+    keep: list[object] = []  # keeps the nodes alive, so that their ids stay unique
+    others: list[Tensor] = []
+    stack: list[tuple[Any, bool]] = [(loss.grad_fn, False) for loss in losses if loss.grad_fn]
+    if any(loss.requires_grad and loss.grad_fn is None for loss in losses):
+        return None  # a leaf loss: rare, take the general path
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            children = [c for c, _ in node.next_functions if c is not None]
+            reaches[key] = any(reaches[id(c)] for c in children)
+            light[key] = not reaches[key] and all(
+                getattr(c, "variable", None) is not None for c in children
+            )
+            if not reaches[key] and not light[key]:
+                return None
+            continue
+        if key in reaches:
+            continue
+        keep.append(node)
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, Tensor):
+            reaches[key] = id(variable) in shared_ids
+            light[key] = not reaches[key]
+            if not reaches[key]:
+                others.append(variable)
+            continue
+        reaches[key] = False  # provisional, replaced when done (the graph is acyclic)
+        stack.append((node, True))
+        stack.extend((c, False) for c, _ in node.next_functions if c is not None)
+    return others
 
 
 class Accumulated:
-    """Running sums over micro-batches: losses, the shared ``J`` and the other leaves' rows."""
+    """Running sums over micro-batches: the losses and the rows of the shared and other leaves."""
 
     def __init__(self, names: list[str]) -> None:
         self.names = names
-        self.count = 0
         self.values: Tensor | None = None
-        self.jac: Tensor | None = None
         self.shared: list[Tensor] = []
+        self.rows: list[Tensor] = []  # rows of the shared tensors
         self.others: dict[int, tuple[Tensor, Tensor]] = {}  # id -> (leaf, (T, *shape) sum)
 
     def add(
-        self, values: Tensor, shared: list[Tensor], others: list[Tensor], rows: list[list[Tensor]]
+        self, values: Tensor, shared: list[Tensor], others: list[Tensor], rows: list[Tensor]
     ) -> None:
-        """Add one micro-batch: ``rows[t]`` holds the gradients of ``shared + others``."""
+        """Add one micro-batch: ``rows`` are those of ``shared + others``."""
         split = len(shared)
-        jac = torch.stack([torch.cat([g.reshape(-1) for g in row[:split]]) for row in rows])
-        if self.jac is None or self.values is None:
-            self.values, self.jac, self.shared = values.clone(), jac, list(shared)
+        if self.values is None:
+            self.values, self.shared, self.rows = values.clone(), list(shared), rows[:split]
         elif [id(t) for t in shared] != [id(t) for t in self.shared]:
             raise ValueError(
                 "the shared parameters that require grad changed between micro-batches of one "
@@ -248,18 +354,24 @@ class Accumulated:
             )
         else:
             self.values = self.values + values
-            self.jac = self.jac + jac
-        for k, leaf in enumerate(others):
-            stacked = torch.stack([row[split + k] for row in rows])
+            self.rows = [a + b for a, b in zip(self.rows, rows[:split], strict=True)]
+        for leaf, r in zip(others, rows[split:], strict=True):
             previous = self.others.get(id(leaf))
-            self.others[id(leaf)] = (leaf, stacked if previous is None else previous[1] + stacked)
-        self.count += 1
+            self.others[id(leaf)] = (leaf, r if previous is None else previous[1] + r)
 
 
 def add_grad(tensor: Tensor, grad: Tensor) -> None:
-    """Accumulate ``grad`` into ``tensor.grad`` as ``backward()`` does."""
+    """Accumulate ``grad`` into ``tensor.grad`` as ``backward()`` does (``grad`` is not copied)."""
     grad = grad.detach().to(tensor.dtype).view_as(tensor)
     if tensor.grad is None:
-        tensor.grad = grad.clone()
+        tensor.grad = grad  # a fresh tensor (or a piece of the method's own d)
     else:
         tensor.grad.add_(grad)
+
+
+def weighted_sum(weights: Tensor, rows: Tensor) -> Tensor:
+    """``sum_t weights[t] * rows[t]``, shaped like one row, in float32 (float64 for float64)."""
+    acc = torch.float64 if rows.dtype == torch.float64 else torch.float32
+    flat_rows = rows.reshape(rows.shape[0], -1).to(acc)
+    w = weights.to(device=rows.device, dtype=acc)
+    return torch.mv(flat_rows.T, w).reshape(rows.shape[1:])  # a GEMV: faster than tensordot

@@ -110,9 +110,9 @@ KNOWN: dict[str, Known] = {
     "imtl_g-orthogonal": Known(lambda p: mw.IMTLG([p]), [[1, 0], [0, 2]], [2 / 3, 1 / 3]),
     # d = (a1 - a2, a2), d.u1 = d.u2: a2 = sqrt2 - 1
     "imtl_g-conflict": Known(lambda p: mw.IMTLG([p]), [[1, 0], [-1, 1]], [2 - S2, S2 - 1]),
-    # G / ||G||_F = diag(1, 4) / sqrt17: alpha_t = 17^(1/4) / ||g_t||
+    # the paper's G alpha = 1/alpha on the raw G = diag(1, 4): alpha_t = 1 / ||g_t||, d = (1, 1)
     "nash-orthogonal": Known(
-        lambda p: mw.NashMTL([p], max_norm=0.0), [[1, 0], [0, 2]], [F17, F17 / 2]
+        lambda p: mw.NashMTL([p], max_norm=0.0), [[1, 0], [0, 2]], [1, 0.5], [1, 1]
     ),
     # max_norm = 1: d = (F17, F17) scaled to norm 1
     "nash-clipped": Known(
@@ -137,8 +137,9 @@ KNOWN: dict[str, Known] = {
         lambda p: mw.CAGrad([p], c=0.5, rescale=0), [[1, 1], [1, 1]], None, [1.5, 1.5]
     ),
     "imtl_g-identical": Known(lambda p: mw.IMTLG([p]), [[1, 1], [1, 1]], [0.5, 0.5], [1, 1]),
+    # G = 2 * ones: 4 a = 1 / a, a = 1/2 each
     "nash-identical": Known(
-        lambda p: mw.NashMTL([p], max_norm=0.0), [[1, 1], [1, 1]], [1, 1], [2, 2]
+        lambda p: mw.NashMTL([p], max_norm=0.0), [[1, 1], [1, 1]], [0.5, 0.5], [1, 1]
     ),
     "aligned-identical": Known(lambda p: mw.AlignedMTL([p]), [[1, 1], [1, 1]], [1, 1], [2, 2]),
 }
@@ -316,14 +317,17 @@ def test_invariant_to_scaling_every_loss(model: TinyMultiTask) -> None:
     """Scaling every loss by one factor scales every gradient: the weights do not change.
 
     Not for ``loss+`` normalisation (it divides by the losses) nor Nash-MTL's
-    ``max_norm`` (a bound on the size of ``d``).
+    ``max_norm`` (a bound on the size of ``d``); Nash-MTL in the paper's form scales
+    ``alpha`` by ``1/factor``, so its normalised variant (``normalize_gram=True``) is checked.
     """
     factories = [
         functools.partial(make, n, model.trunk)
         for n in METHODS
         if n not in ("mgda-loss+", "nash_mtl")
     ]
-    factories.append(functools.partial(make, "nash_mtl", model.trunk, max_norm=0.0))
+    factories.append(
+        functools.partial(make, "nash_mtl", model.trunk, max_norm=0.0, normalize_gram=True)
+    )
     for factory in factories:
         check_scale_invariance(factory, model.losses, 7.0, atol=1e-4)
 
