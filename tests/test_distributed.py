@@ -58,7 +58,7 @@ pytestmark = pytest.mark.skipif(
 
 WORLD = 2
 STEPS = 4
-TIMEOUT = 120.0
+TIMEOUT = 600.0
 """Seconds all the runs of the worker may take together before they count as hung."""
 
 WORKER = Path(worker.__file__).resolve()
