@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from mtlweight._validation import Losses, check_finite, check_min_tasks, normalise_losses
 from mtlweight.distributed import all_reduce_mean, is_distributed
 
-__all__ = ["Stateful", "Weighting"]
+__all__ = ["Seeded", "Stateful", "Weighting"]
 
 
 class Weighting(nn.Module, ABC):
@@ -282,3 +282,22 @@ class Stateful(Weighting):
         if self.tasks is None:
             self.tasks = list(names)
         super()._check_tasks(names)
+
+
+class Seeded(Weighting):
+    """A strategy that draws from its own CPU generator, ``self.generator``.
+
+    The generator's state is part of ``state_dict`` (extra state), so a
+    resumed run draws what an uninterrupted one would. Derive from it next to
+    the strategy's other base, e.g. ``class GradDrop(Seeded, GradientMethod)``.
+    """
+
+    generator: torch.Generator
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: Any) -> None:
+        super().set_extra_state(state)
+        if "generator" in state:
+            self.generator.set_state(state["generator"].cpu())

@@ -258,7 +258,13 @@ def dual_cone_weights(gram: Array, u: Array, *, tol: float = 1e-13) -> Array:
 
 
 def fair_weights(
-    gram: Array, alpha: float, *, ridge: float = 1e-10, tol: float = 1e-24, max_iter: int = 100
+    gram: Array,
+    alpha: float,
+    init: Array | None = None,
+    *,
+    ridge: float = 1e-10,
+    tol: float = 1e-24,
+    max_iter: int = 100,
 ) -> Array:
     r"""Solve :math:`G w = w^{-1/\alpha}` (elementwise), :math:`w > 0`: FairGrad's equation.
 
@@ -277,7 +283,8 @@ def fair_weights(
     opposite ones) solvable, where the exact equation has no solution. A
     task with a zero gradient has none either: it gets
     :math:`(\max_t G_{tt})^{-\alpha/(1+\alpha)}`, the scale of the others,
-    and is left out.
+    and is left out. ``init`` (positive, shape ``(T,)``), e.g. the previous
+    step's solution, starts Newton's method there instead.
 
     Examples
     --------
@@ -306,6 +313,8 @@ def fair_weights(
         return float(0.5 * x @ a @ x + penalty)
 
     w = np.diag(a) ** -power  # exact for orthogonal gradients
+    if init is not None and init.shape == (count,) and np.all(np.isfinite(init) & (init > 0)):
+        w = init[live] * scale**power
     value = objective(w)
     for _ in range(max_iter):
         grad = a @ w - w ** (-1.0 / alpha)

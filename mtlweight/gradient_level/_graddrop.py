@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mtlweight._base import Seeded
 from mtlweight.gradient_level._base import Combination, GradientMethod, TaskSpecific
 
 __all__ = ["GradDrop", "graddrop_direction"]
@@ -42,7 +43,7 @@ def graddrop_direction(jac: Tensor, uniform: Tensor, leak: Tensor) -> Tensor:
     return ((leak + (1.0 - leak) * keep.to(jac)) * jac).sum(dim=0)
 
 
-class GradDrop(GradientMethod):
+class GradDrop(Seeded, GradientMethod):
     r"""GradDrop of `Just Pick a Sign: Optimizing Deep Multitask Models with Gradient Sign
     Dropout` (Chen, Ngiam, Huang, Luong, Kretzschmar, Chai and Anguelov, NeurIPS 2020).
 
@@ -139,14 +140,6 @@ class GradDrop(GradientMethod):
         uniform = torch.rand(jac.shape[1], generator=self.generator, dtype=jac.dtype)
         direction = graddrop_direction(jac, uniform.to(jac.device), leak)
         return Combination.from_direction(jac, gram, direction)
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {**super().get_extra_state(), "generator": self.generator.get_state()}
-
-    def set_extra_state(self, state: Any) -> None:
-        super().set_extra_state(state)
-        if "generator" in state:
-            self.generator.set_state(state["generator"].cpu())
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, leak={self.leak}, seed={self.seed}"

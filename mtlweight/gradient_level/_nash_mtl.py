@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlweight._base import Stateful
-from mtlweight._solvers import Array
+from mtlweight._solvers import Array, fair_weights
 from mtlweight.gradient_level._base import GramWeighting, TaskSpecific
 
 __all__ = ["NashMTL", "nash_weights"]
@@ -22,10 +22,13 @@ def nash_weights(
     init: Array | None = None,
     *,
     ridge: float = 1e-10,
-    tol: float = 1e-20,
+    tol: float = 1e-24,
     max_iter: int = 100,
 ) -> Array:
     r"""Solve :math:`G \alpha = 1/\alpha` (elementwise), :math:`\alpha > 0`.
+
+    FairGrad's equation at :math:`\alpha_{\text{fair}} = 1`
+    (:func:`mtlweight._solvers.fair_weights`, which this calls).
 
     This is the stationarity condition of the strictly convex problem
     :math:`\min_{\alpha > 0} \tfrac12 \alpha^\top (G + \epsilon D) \alpha - \sum_t \log \alpha_t`,
@@ -43,45 +46,7 @@ def nash_weights(
     >>> nash_weights(np.array([[1.0, 0.0], [0.0, 4.0]])).round(6)  # 1/||g_t||
     array([1. , 0.5])
     """
-    count = gram.shape[0]
-    diag = np.diag(gram)
-    scale = float(np.max(diag, initial=0.0))
-    if not scale > 0.0:
-        return np.ones(count)
-    result = np.full(count, 1.0 / math.sqrt(scale))
-    live = np.flatnonzero(diag > 1e-24 * scale)
-    g = gram[np.ix_(live, live)] / scale
-    a = g + ridge * np.diag(np.diag(g))
-    alpha = 1.0 / np.sqrt(np.diag(a))
-    if init is not None and init.shape == (count,) and np.all(np.isfinite(init) & (init > 0)):
-        alpha = init[live] * math.sqrt(scale)
-
-    def objective(x: Array) -> float:
-        return float(0.5 * x @ a @ x - np.sum(np.log(x)))
-
-    value = objective(alpha)
-    for _ in range(max_iter):
-        grad = a @ alpha - 1.0 / alpha
-        step = np.linalg.solve(a + np.diag(1.0 / alpha**2), grad)
-        decrement = float(grad @ step)
-        if not decrement / 2 > tol:
-            break
-        # at most 99% of the way to the boundary alpha = 0, then Armijo backtracking
-        moving = step > 0
-        with np.errstate(over="ignore"):  # a tiny step gives an infinite ratio: no bound
-            bound = float(np.min(alpha[moving] / step[moving], initial=np.inf))
-        t = min(1.0, 0.99 * bound)
-        while t > 1e-12:
-            candidate = alpha - t * step
-            new_value = objective(candidate)
-            if new_value <= value - 0.25 * t * decrement:
-                break
-            t *= 0.5
-        else:
-            break
-        alpha, value = candidate, new_value
-    result[live] = alpha / math.sqrt(scale)
-    return result
+    return fair_weights(gram, 1.0, init, ridge=ridge, tol=tol, max_iter=max_iter)
 
 
 class NashMTL(GramWeighting, Stateful):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mtlweight._base import Seeded
 from mtlweight._solvers import Array
 from mtlweight.gradient_level._base import GramWeighting, TaskSpecific
 
@@ -45,7 +45,7 @@ def pcgrad_coefficients(gram: Array, orders: Sequence[Sequence[int]]) -> Array:
     return coefficients
 
 
-class PCGrad(GramWeighting):
+class PCGrad(Seeded, GramWeighting):
     r"""PCGrad of `Gradient Surgery for Multi-Task Learning` (Yu, Kumar, Gupta,
     Levine, Hausman and Finn, 2020).
 
@@ -131,14 +131,6 @@ class PCGrad(GramWeighting):
             perm = torch.randperm(len(others), generator=self.generator).tolist()
             orders.append([others[k] for k in perm])
         return torch.from_numpy(pcgrad_coefficients(gram.numpy(), orders).sum(axis=0))
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {**super().get_extra_state(), "generator": self.generator.get_state()}
-
-    def set_extra_state(self, state: Any) -> None:
-        super().set_extra_state(state)
-        if "generator" in state:
-            self.generator.set_state(state["generator"])
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, seed={self.seed}"

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from mtlweight._base import Weighting
+from mtlweight._base import Seeded
 
 __all__ = ["RandomLossWeighting"]
 
@@ -38,7 +38,7 @@ def _log_gamma(shape: float, count: int, generator: torch.Generator) -> Tensor:
     return result
 
 
-class RandomLossWeighting(Weighting):
+class RandomLossWeighting(Seeded):
     r"""Random loss weighting (RLW) of `Reasonable Effectiveness of Random
     Weighting: A Litmus Test for Multi-Task Learning` (Lin, Ye, Zhang and
     Tsang, TMLR 2022; arXiv 2021).
@@ -138,14 +138,6 @@ class RandomLossWeighting(Weighting):
     ) -> Tensor:
         weights = self.sample(values.numel()).to(device=values.device, dtype=values.dtype)
         return self.statistic("weights", weights)
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {**super().get_extra_state(), "generator": self.generator.get_state()}
-
-    def set_extra_state(self, state: Any) -> None:
-        super().set_extra_state(state)
-        if "generator" in state:
-            self.generator.set_state(state["generator"].cpu())
 
     def extra_repr(self) -> str:
         parts = [repr(self.distribution), f"seed={self.seed}"]
