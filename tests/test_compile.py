@@ -258,3 +258,40 @@ def test_inductor_training_matches_eager() -> None:
                     pytest.skip(f"inductor cannot build the model here: {error!s:.300}")
                 raise
             assert_same_training(got, expected, name)
+
+
+def _every_strategy() -> list[str]:
+    """Every registered name that trains :class:`ConvNet` from one call site."""
+    skip = {"fixed", "mgda_ub"}  # fixed needs its weights, MGDA-UB a representation
+    return [n for n in mw.available() if n not in skip]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _every_strategy())
+def test_every_strategy_trains_a_compiled_model_as_in_eager_mode(name: str) -> None:
+    """aot_eager (compiled forward and backward graphs): each strategy's training equals eager.
+
+    Seeded strategies (RLW, PCGrad, GradDrop) draw from PyTorch's global generator when no
+    seed is given, so both runs start from the same global seed.
+    """
+
+    def run(compiler: Compiler | None) -> dict[str, Any]:
+        torch.manual_seed(0)
+        net = ConvNet()
+        model: Callable[..., Any] = net if compiler is None else compiler(net)
+        weighting = mw.get(name, shared=net.head, tasks=list(TASKS))
+        extra = [p for p in weighting.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam([*net.parameters(), *extra], lr=1e-2)
+        weights = []
+        for step in range(STEPS):
+            optimizer.zero_grad(set_to_none=True)
+            x, y = data(step)
+            _, output = model(x)
+            weighting.backward(task_losses(output, y))
+            weights.append([weighting.weights[t] for t in TASKS])
+            optimizer.step()
+        return {"weights": torch.tensor(weights),
+                "params": [p.detach().clone() for p in net.parameters()]}
+
+    with retain_graph_friendly():
+        assert_same_training(run(whole("aot_eager")), run(None), name)
