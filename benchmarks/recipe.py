@@ -128,7 +128,7 @@ def render(payload: dict[str, Any]) -> str:
         f"Rainy input: {first['standard_input_psnr']['mean']:.2f} dB (Y), "
         f"{first['paper_input_psnr']['mean']:.2f} dB (RGB, ten crops).\n\n")
     status = "complete" if cfg.get("complete") else "PARTIAL (still running or cut short)"
-    return (f"# Recipe ablation ({cfg['dataset']}, {cfg['steps']} steps of {cfg['batch']} x "
+    return (f"## Recipe ablation ({cfg['dataset']}, {cfg['steps']} steps of {cfg['batch']} x "
             f"{cfg['patch']} px crops; seeds {cfg['seeds']}; {status})\n\n"
             "MENET-GB (shallow-ca), same budget per row; `fast-<part>` is the fast recipe "
             "with that part put back to the paper's choice. Scores on the test ids of "
