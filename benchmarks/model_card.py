@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from menet.checkpoint import load_model
 from menet.data import PairedFolder, SyntheticRainPairs, builtin_images, load_split
@@ -93,6 +94,11 @@ def figure(weights: Path, path: Path) -> None:
             labels.append(f"{images[i][0]}, {preset} rain")
     path.parent.mkdir(parents=True, exist_ok=True)
     save_grid(triples, path, row_labels=labels)
+    if path.suffix.lower() in (".jpg", ".jpeg"):  # the docs keep committed images < 200 KB
+        with Image.open(path) as image:
+            small = image.convert("RGB")
+        small.thumbnail((760, 1000))
+        small.save(path, quality=75, optimize=True)
 
 
 def render(card: dict[str, Any]) -> str:
