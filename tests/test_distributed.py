@@ -117,12 +117,19 @@ EXACT_BY_STRATEGY = {
     "moco",
     "famo",
     "stch",
+    "upgrad",
+    "dualproj",
+    "config",
+    "fairgrad",
+    "gradvac",
+    "sdmgrad",
+    "modo",
 }
 """Other registry names whose DDP run must equal the combined-batch run: their
 statistics (losses, the Jacobian of the shared parameters) average exactly. RLW is
 not among them: its draws depend on each process's random state."""
 
-SOLVERS = {"cagrad", "nash_mtl"}
+SOLVERS = {"cagrad", "nash_mtl", "fairgrad", "sdmgrad", "modo", "upgrad", "dualproj"}
 """Iterative solvers: equal to the combined-batch run up to their tolerance."""
 
 LINEAR_BY_STRATEGY = {
