@@ -23,16 +23,17 @@ def test_mean_already_in_the_dual_cone() -> None:
     np.testing.assert_allclose(d, [0.0, 0.5], atol=1e-15)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(jacobians(full_rank=False))
 def test_the_projection_is_optimal(jac: Array) -> None:
     count = jac.shape[0]
     weights, d = direction("dualproj", jac)
     check_projection(jac, np.full(count, 1.0 / count), weights)
-    np.testing.assert_allclose(d, jac.T @ weights, rtol=1e-10, atol=1e-12 * np.abs(d).max())
+    rounding = np.abs(jac).max() * np.abs(weights).sum()  # of the sum J^T w
+    np.testing.assert_allclose(d, jac.T @ weights, rtol=1e-10, atol=1e-12 * rounding)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)
 @given(jacobians(full_rank=False))
 def test_without_conflict_it_is_the_mean_gradient(jac: Array) -> None:
     jac = np.abs(jac)
