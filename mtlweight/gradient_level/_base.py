@@ -23,11 +23,11 @@ from mtlweight.gradient_level._inputs import (
     gram,
     graph_leaves,
     require_reached,
-    rows_gram,
-    task_rows,
+    task_grads,
     unflat,
     weighted_sum,
 )
+from mtlweight.gradient_level._task_grads import TaskGrads
 
 __all__ = ["Combination", "GradientMethod", "GramWeighting", "TaskSpecific"]
 
@@ -249,12 +249,12 @@ class GradientMethod(Weighting):
             others = None
             if representation is None and not is_distributed():  # DDP reduces in backward()
                 others = free_to_assemble(tensors, self._inputs(None))
-            inputs, rows = self.jacobian(names, tensors, representation, extra=others or ())
-            shared_rows = rows[: len(inputs)]
+            inputs, grads = self.jacobian(names, tensors, representation, extra=others or ())
             direction: Tensor | None = None
             if weights is None:
                 self.check_losses(names, values)
-                combination = self._weigh(names, shared_rows, values, representation is not None)
+                combination = self._weigh(names, grads, len(inputs), representation is not None,
+                                          values)
                 weights, direction = combination.weights, combination.direction
         except Exception:
             if fresh:  # a failed first call must not fix the task names
@@ -262,10 +262,13 @@ class GradientMethod(Weighting):
             raise
         weights = weights.to(values)
         self._record(names, weights)
-        pieces = self._pieces(weights, direction, inputs, shared_rows)
+        # With the update assembled the graph is gone: task 0's buffers can take the sums.
+        assembled = others is not None
+        pieces = self._pieces(weights, direction, inputs, grads, in_place=assembled)
         scale = weights if self.task_specific == "weighted" else torch.ones_like(weights)
         if others is not None:
-            self._write(scale, inputs, pieces, list(zip(others, rows[len(inputs) :], strict=True)))
+            rest = grads.combine(scale, len(inputs), in_place=True)
+            self._write(inputs, pieces, list(zip(others, rest, strict=True)))
         else:
             self._backward_with(tensors, scale, inputs, pieces)
         return self._done(losses, representation, tensors)
@@ -328,8 +331,8 @@ class GradientMethod(Weighting):
             )
         shared = self.shared_parameters()
         others = graph_leaves(tensors, shared)
-        rows, _ = self._task_rows(tensors, [*shared, *others], keep_graph=False)
-        self._accumulated.add(values, shared, others, rows)
+        grads, _ = self._task_grads(tensors, [*shared, *others], keep_graph=False)
+        self._accumulated.add(values, shared, others, grads.rows())
 
     def backward_accumulated(self) -> dict[str, float]:
         r"""Weight the accumulated gradients once and write them into ``.grad``; return the weights.
@@ -353,8 +356,9 @@ class GradientMethod(Weighting):
         self.check_losses(names, values)
         weights = self.reused_weights(names)
         direction: Tensor | None = None
+        grads = TaskGrads.of_rows(rows)
         if weights is None:
-            combination = self._weigh(names, rows, values, False)
+            combination = self._weigh(names, grads, len(rows), False, values)
             weights, direction = combination.weights, combination.direction
         weights = weights.to(values)
         self._record(names, weights)
@@ -362,15 +366,20 @@ class GradientMethod(Weighting):
         if self.sync and is_distributed():
             others = [(leaf, all_reduce_mean(r)) for leaf, r in others]
         scale = weights if self.task_specific == "weighted" else torch.ones_like(weights)
-        pieces = self._pieces(weights, direction, pending.shared, rows)
-        self._write(scale, pending.shared, pieces, others)
+        pieces = self._pieces(weights, direction, pending.shared, grads, in_place=False)
+        self._write(pending.shared, pieces, [(leaf, weighted_sum(scale, r)) for leaf, r in others])
         return self.weights
 
     @staticmethod
     def _pieces(
-        weights: Tensor, direction: Tensor | None, inputs: list[Tensor], rows: list[Tensor]
+        weights: Tensor,
+        direction: Tensor | None,
+        inputs: list[Tensor],
+        grads: TaskGrads,
+        *,
+        in_place: bool,
     ) -> list[Tensor]:
-        """:math:`d` cut into one tensor per shared input."""
+        """:math:`d` cut into one tensor per shared input (the first targets of ``grads``)."""
         if direction is not None:
             return [
                 piece.view_as(t)
@@ -378,34 +387,32 @@ class GradientMethod(Weighting):
                     inputs, torch.split(direction, [t.numel() for t in inputs]), strict=True
                 )
             ]
-        return [weighted_sum(weights, r) for r in rows]
+        return grads.combine(weights, 0, len(inputs), in_place=in_place)
 
     @staticmethod
     def _write(
-        scale: Tensor,
-        shared: list[Tensor],
-        pieces: list[Tensor],
-        others: list[tuple[Tensor, Tensor]],
+        shared: list[Tensor], pieces: list[Tensor], others: list[tuple[Tensor, Tensor]]
     ) -> None:
-        """Accumulate ``d`` into the shared ``.grad`` and the scaled rows into the others'."""
+        """Accumulate ``d`` into the shared ``.grad`` and their combinations into the others'."""
         for tensor, piece in zip(shared, pieces, strict=True):
             add_grad(tensor, piece)
-        for leaf, rows in others:
-            add_grad(leaf, weighted_sum(scale, rows))
+        for leaf, grad in others:
+            add_grad(leaf, grad)
 
     # -------------------------------------------------------------- helpers
     def _solve(
         self, names: list[str], losses: list[Tensor], values: Tensor, representation: Tensor | None
-    ) -> tuple[list[Tensor], list[Tensor], Combination]:
+    ) -> tuple[list[Tensor], TaskGrads, Combination]:
         self.check_losses(names, values)
-        inputs, rows = self.jacobian(names, losses, representation)
-        return inputs, rows, self._weigh(names, rows, values, representation is not None)
+        inputs, grads = self.jacobian(names, losses, representation)
+        combination = self._weigh(names, grads, len(inputs), representation is not None, values)
+        return inputs, grads, combination
 
     def _weigh(
-        self, names: list[str], rows: list[Tensor], values: Tensor, per_sample: bool
+        self, names: list[str], grads: TaskGrads, count: int, per_sample: bool, values: Tensor
     ) -> Combination:
-        """The combination from the rows of the shared inputs (``J`` built here)."""
-        jac = flat(rows)
+        """The combination from the gradients of the first ``count`` targets (``J`` built here)."""
+        jac = grads.matrix(0, count)
         g = self._gram(names, gram(jac), per_sample)
         return self._checked(names, self.combine(jac, g, values))
 
@@ -438,8 +445,8 @@ class GradientMethod(Weighting):
         representation: Tensor | None,
         *,
         extra: Sequence[Tensor] = (),
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        """The differentiated inputs and the per-task gradients, one ``(T, *shape)`` per input.
+    ) -> tuple[list[Tensor], TaskGrads]:
+        """The differentiated inputs and the per-task gradients of the inputs, then of ``extra``.
 
         One backward pass per task (or one batched pass, see :attr:`batched`),
         stopping at the ``representation`` or the shared parameters, averaged
@@ -449,25 +456,27 @@ class GradientMethod(Weighting):
         """
         per_sample = representation is not None
         inputs = self._inputs(representation)
-        rows, reached = self._task_rows(losses, [*inputs, *extra], keep_graph=not extra)
+        grads, reached = self._task_grads(losses, [*inputs, *extra], keep_graph=not extra)
         require_reached(self, reached, inputs, per_sample)
         if not per_sample and self.sync and is_distributed():
-            shared = rows[: len(inputs)]
-            rows = [*unflat(self.statistic("jacobian", flat(shared)), shared), *rows[len(inputs) :]]
+            count = len(inputs)
+            rows = grads.rows(0, count)
+            shared = unflat(self.statistic("jacobian", grads.matrix(0, count)), rows)
             del self.statistics["jacobian"]  # T x P numbers: not kept between steps
-        return inputs, rows
+            grads = TaskGrads.of_rows([*shared, *grads.rows(count)])
+        return inputs, grads
 
-    def _task_rows(
+    def _task_grads(
         self, losses: list[Tensor], targets: list[Tensor], *, keep_graph: bool
-    ) -> tuple[list[Tensor], bool]:
+    ) -> tuple[TaskGrads, bool]:
         if self.batched is None:
             try:  # keeps the graph this once, so that T passes can follow
-                found = task_rows(losses, targets, keep_graph=True, batched=True)
+                found = task_grads(losses, targets, keep_graph=True, batched=True)
                 self.batched = True
                 return found
             except (RuntimeError, NotImplementedError):  # an op vmap cannot batch
                 self.batched = False
-        return task_rows(losses, targets, keep_graph=keep_graph, batched=self.batched)
+        return task_grads(losses, targets, keep_graph=keep_graph, batched=self.batched)
 
     def _inputs(self, representation: Tensor | None) -> list[Tensor]:
         if representation is not None:
@@ -540,9 +549,15 @@ class GramWeighting(GradientMethod):
     def combine(self, jac: Tensor, gram: Tensor, values: Tensor) -> Combination:
         return Combination(self.gram_weights(gram, values))
 
+    #: Whether :meth:`gram_weights` reads the diagonal of ``G`` only (the norms, as GB):
+    #: then the off-diagonal entries are not computed and are zero.
+    diagonal_only: bool = False
+
     def _weigh(
-        self, names: list[str], rows: list[Tensor], values: Tensor, per_sample: bool
+        self, names: list[str], grads: TaskGrads, count: int, per_sample: bool, values: Tensor
     ) -> Combination:
-        # G as a sum over the inputs: J itself is never built
-        g = self._gram(names, rows_gram(rows), per_sample)
+        # G from dot products of the per-task gradients: J itself is never built
+        g = self._gram(names, grads.gram(0, count, diagonal_only=self.diagonal_only), per_sample)
+        if self.diagonal_only:
+            del self.statistics["gram"]  # not the Gram matrix: its diagonal only
         return self._checked(names, Combination(self.gram_weights(g, values)))

@@ -46,9 +46,11 @@ class GradientBalance(GramWeighting):
     :class:`~mtlweight.GradientMethod` (:math:`g_t = \sqrt{G_{tt}}`): ``T``
     backward passes that stop at :math:`\theta`, write no ``.grad`` and keep
     the graph for ``total.backward()``; ``gb.backward(losses)`` assembles the
-    update from them. Their cost depends on how deep :math:`\theta`
-    sits: the last layer (the paper's choice) or a representation near the
-    output is cheap; all parameters costs ``T`` full backward passes.
+    update from them. Only the diagonal of :math:`G` is computed (the norms, in
+    ``statistics["grad_norm"]``), so GB keeps no ``statistics["gram"]``. Their
+    cost depends on how deep :math:`\theta` sits: the last layer (the paper's
+    choice) or a representation near the output is cheap; all parameters
+    costs ``T`` full backward passes.
 
     Parameters
     ----------
@@ -86,6 +88,7 @@ class GradientBalance(GramWeighting):
     """
 
     min_tasks = 2
+    diagonal_only = True  # the T norms, not the T (T + 1) / 2 entries of G
     _why_min_tasks = "with a single task its weight 1 - g/g is always zero"
 
     def __init__(

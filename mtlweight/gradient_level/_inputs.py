@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from mtlweight.autograd import as_inputs
 from mtlweight.distributed import all_reduce_mean, is_distributed
+from mtlweight.gradient_level._task_grads import TaskGrads
 
 if TYPE_CHECKING:
     from mtlweight._base import Weighting
@@ -26,8 +27,7 @@ __all__ = [
     "graph_leaves",
     "jacobian",
     "require_reached",
-    "rows_gram",
-    "task_rows",
+    "task_grads",
     "unflat",
     "weighted_sum",
 ]
@@ -219,17 +219,16 @@ def graph_leaves(losses: Sequence[Tensor], exclude: Sequence[Tensor]) -> list[Te
     return found
 
 
-def task_rows(
+def task_grads(
     losses: Sequence[Tensor], targets: Sequence[Tensor], *, keep_graph: bool, batched: bool
-) -> tuple[list[Tensor], bool]:
-    """Each target's per-task gradients as one ``(T, *shape)`` tensor; whether any was reached.
+) -> tuple[TaskGrads, bool]:
+    """Each task's gradients of the targets, as returned by autograd; whether any was reached.
 
     ``batched``: one vectorised backward pass (``is_grads_batched=True``)
     instead of one pass per task. Without ``keep_graph`` the (last) pass frees
     the graph. Zeros where a loss does not reach a target.
     """
     count = len(losses)
-    grads: list[list[Tensor | None]]
     live = [loss.requires_grad for loss in losses]
     if batched and all(live) and count > 1:
         out = torch.stack([loss.reshape(()) for loss in losses])
@@ -242,26 +241,20 @@ def task_rows(
             torch.zeros((count, *t.shape), dtype=t.dtype, device=t.device) if g is None else g
             for t, g in zip(targets, found, strict=True)
         ]
-        return rows, reached
-    grads = []
+        return TaskGrads.of_rows(rows), reached
+    grads: list[list[Tensor]] = []
+    reached = False
     last = max((i for i, flag in enumerate(live) if flag), default=-1)
     for i, loss in enumerate(losses):
+        found_i: Sequence[Tensor | None] = [None] * len(targets)
         if live[i]:
             retain = keep_graph or i < last
-            grads.append(
-                list(torch.autograd.grad(loss, targets, retain_graph=retain, allow_unused=True))
-            )
-        else:
-            grads.append([None] * len(targets))
-    reached = any(g is not None for row in grads for g in row)
-    rows = []
-    for k, t in enumerate(targets):
-        column = [row[k] for row in grads]
-        if all(g is None for g in column):
-            rows.append(torch.zeros((count, *t.shape), dtype=t.dtype, device=t.device))
-        else:
-            rows.append(torch.stack([torch.zeros_like(t) if g is None else g for g in column]))
-    return rows, reached
+            found_i = torch.autograd.grad(loss, targets, retain_graph=retain, allow_unused=True)
+        reached = reached or any(g is not None for g in found_i)
+        grads.append(
+            [torch.zeros_like(t) if g is None else g for t, g in zip(targets, found_i, strict=True)]
+        )
+    return TaskGrads(grads), reached
 
 
 def flat(rows: Sequence[Tensor]) -> Tensor:
@@ -275,14 +268,6 @@ def unflat(jac: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
     """Split a ``(T, P)`` matrix back into rows shaped like ``like`` (views)."""
     pieces = torch.split(jac, [r[0].numel() for r in like], dim=1)
     return [p.reshape(r.shape) for p, r in zip(pieces, like, strict=True)]
-
-
-def rows_gram(rows: Sequence[Tensor]) -> Tensor:
-    """:func:`gram` of :func:`flat` ``(rows)`` without building it: a sum over the targets."""
-    total = torch.zeros(rows[0].shape[0], rows[0].shape[0], dtype=torch.float64)
-    for r in rows:
-        total += gram(r.reshape(r.shape[0], -1))
-    return total
 
 
 def free_to_assemble(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> list[Tensor] | None:
