@@ -183,6 +183,10 @@ class GradientMethod(Weighting):
             ``(T,)`` detached losses.
         """
 
+    #: Whether :meth:`combine` always returns a ``direction`` (not :math:`J^\\top w`):
+    #: ``weighting(losses)`` then raises :class:`TypeError` before it computes anything.
+    direction_only: bool = False
+
     def check_losses(self, names: list[str], values: Tensor) -> None:
         """Raise if this step's detached losses do not suit the method (before any backward)."""
 
@@ -205,7 +209,16 @@ class GradientMethod(Weighting):
                 f"weighted total can express: call {name}.backward(losses) instead of "
                 f"{name}(losses).backward(), or build it with task_specific='weighted'"
             )
+        if self.direction_only:  # before any state moves (issue 13)
+            raise TypeError(self._no_total())
         return super().forward(losses, representation=representation)
+
+    def _no_total(self) -> str:
+        name = type(self).__name__
+        return (
+            f"{name}'s update is not a weighted sum of the task gradients, so no weighted "
+            f"total gives it: call {name}.backward(losses) instead of {name}(losses)"
+        )
 
     def compute_weights(
         self,
@@ -220,11 +233,7 @@ class GradientMethod(Weighting):
             return reused
         _, _, combination = self._solve(names, losses, values, representation)
         if combination.direction is not None:
-            name = type(self).__name__
-            raise TypeError(
-                f"{name}'s update is not a weighted sum of the task gradients, so no weighted "
-                f"total gives it: call {name}.backward(losses) instead of {name}(losses)"
-            )
+            raise TypeError(self._no_total())
         return combination.weights.to(values)
 
     def backward(self, losses: Losses, *, representation: Tensor | None = None) -> dict[str, float]:
@@ -456,7 +465,9 @@ class GradientMethod(Weighting):
         """
         per_sample = representation is not None
         inputs = self._inputs(representation)
-        grads, reached = self._task_grads(losses, [*inputs, *extra], keep_graph=not extra)
+        grads, reached = self._task_grads(
+            losses, [*inputs, *extra], keep_graph=not extra, matrix=self._matrix_of(inputs)
+        )
         require_reached(self, reached, inputs, per_sample)
         if not per_sample and self.sync and is_distributed():
             count = len(inputs)
@@ -466,8 +477,16 @@ class GradientMethod(Weighting):
             grads = TaskGrads.of_rows([*shared, *grads.rows(count)])
         return inputs, grads
 
+    def _matrix_of(self, inputs: list[Tensor]) -> int:
+        """How many leading targets go into one ``(T, P)`` matrix as the passes run (0: none).
+
+        ``len(inputs)`` for the methods that need :math:`J` itself, so that it is
+        held once; 0 for :class:`GramWeighting`, which needs only dot products.
+        """
+        return len(inputs)
+
     def _task_grads(
-        self, losses: list[Tensor], targets: list[Tensor], *, keep_graph: bool
+        self, losses: list[Tensor], targets: list[Tensor], *, keep_graph: bool, matrix: int = 0
     ) -> tuple[TaskGrads, bool]:
         if self.batched is None:
             try:  # keeps the graph this once, so that T passes can follow
@@ -476,7 +495,9 @@ class GradientMethod(Weighting):
                 return found
             except (RuntimeError, NotImplementedError):  # an op vmap cannot batch
                 self.batched = False
-        return task_grads(losses, targets, keep_graph=keep_graph, batched=self.batched)
+        return task_grads(
+            losses, targets, keep_graph=keep_graph, batched=self.batched, matrix=matrix
+        )
 
     def _inputs(self, representation: Tensor | None) -> list[Tensor]:
         if representation is not None:
@@ -548,6 +569,9 @@ class GramWeighting(GradientMethod):
 
     def combine(self, jac: Tensor, gram: Tensor, values: Tensor) -> Combination:
         return Combination(self.gram_weights(gram, values))
+
+    def _matrix_of(self, inputs: list[Tensor]) -> int:
+        return 0  # J is never built
 
     #: Whether :meth:`gram_weights` reads the diagonal of ``G`` only (the norms, as GB):
     #: then the off-diagonal entries are not computed and are zero.

@@ -86,6 +86,8 @@ class DBMTL(ParameterState):
     tensor([2., 2.])
     """
 
+    direction_only = True  # d is not J^T w: weighting(losses) raises at once
+
     def __init__(
         self,
         shared: nn.Module | Iterable[Tensor] | None = None,

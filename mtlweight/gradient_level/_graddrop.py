@@ -111,6 +111,8 @@ class GradDrop(Seeded, GradientMethod):
     tensor([-2.,  3.])
     """
 
+    direction_only = True  # d is not J^T w: weighting(losses) raises at once
+
     def __init__(
         self,
         shared: nn.Module | Iterable[Tensor] | None = None,

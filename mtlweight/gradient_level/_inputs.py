@@ -220,13 +220,21 @@ def graph_leaves(losses: Sequence[Tensor], exclude: Sequence[Tensor]) -> list[Te
 
 
 def task_grads(
-    losses: Sequence[Tensor], targets: Sequence[Tensor], *, keep_graph: bool, batched: bool
+    losses: Sequence[Tensor],
+    targets: Sequence[Tensor],
+    *,
+    keep_graph: bool,
+    batched: bool,
+    matrix: int = 0,
 ) -> tuple[TaskGrads, bool]:
     """Each task's gradients of the targets, as returned by autograd; whether any was reached.
 
     ``batched``: one vectorised backward pass (``is_grads_batched=True``)
     instead of one pass per task. Without ``keep_graph`` the (last) pass frees
-    the graph. Zeros where a loss does not reach a target.
+    the graph. Zeros where a loss does not reach a target. ``matrix``: copy
+    the gradients of the first ``matrix`` targets into one ``(T, P)`` matrix
+    :math:`J` after each task's pass and keep views of it, so that they are
+    held once (J methods; :meth:`TaskGrads.matrix` then returns it as is).
     """
     count = len(losses)
     live = [loss.requires_grad for loss in losses]
@@ -242,6 +250,11 @@ def task_grads(
             for t, g in zip(targets, found, strict=True)
         ]
         return TaskGrads.of_rows(rows), reached
+    jac: Tensor | None = None
+    if matrix:
+        first = targets[0]
+        size = sum(t.numel() for t in targets[:matrix])
+        jac = torch.empty(count, size, dtype=first.dtype, device=first.device)
     grads: list[list[Tensor]] = []
     reached = False
     last = max((i for i, flag in enumerate(live) if flag), default=-1)
@@ -251,10 +264,20 @@ def task_grads(
             retain = keep_graph or i < last
             found_i = torch.autograd.grad(loss, targets, retain_graph=retain, allow_unused=True)
         reached = reached or any(g is not None for g in found_i)
-        grads.append(
-            [torch.zeros_like(t) if g is None else g for t, g in zip(targets, found_i, strict=True)]
-        )
-    return TaskGrads(grads), reached
+        row = [
+            torch.zeros_like(t) if g is None else g for t, g in zip(targets, found_i, strict=True)
+        ]
+        if jac is not None:  # into J, then views of it: the pass's own tensors are freed
+            torch.cat([g.reshape(-1) for g in row[:matrix]], out=jac[i])
+            row[:matrix] = unflat_row(jac[i], targets[:matrix])
+        grads.append(row)
+    return TaskGrads(grads, matrix=None if jac is None else (matrix, jac)), reached
+
+
+def unflat_row(vector: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    """Views of a ``(P,)`` vector shaped like the tensors ``like``, side by side."""
+    pieces = torch.split(vector, [t.numel() for t in like])
+    return [p.view(t.shape) for p, t in zip(pieces, like, strict=True)]
 
 
 def flat(rows: Sequence[Tensor]) -> Tensor:

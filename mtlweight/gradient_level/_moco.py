@@ -86,6 +86,8 @@ class MoCo(ParameterState):
     tensor([0.8750, 0.2500])
     """
 
+    direction_only = True  # d is not J^T w: weighting(losses) raises at once
+
     def __init__(
         self,
         shared: nn.Module | Iterable[Tensor] | None = None,

@@ -48,6 +48,11 @@ class TaskGrads:
         Whether the tensors belong to this object alone (fresh results of
         ``torch.autograd.grad``): only then may :meth:`combine` reuse task 0's
         buffers.
+    matrix
+        ``(count, J)`` when the first ``count`` targets' gradients are views of
+        the ``(T, P)`` matrix ``J`` (see :func:`~mtlweight.gradient_level._inputs.task_grads`):
+        :meth:`matrix` returns it without a copy, and those views are never
+        reused in place (a ``.grad`` must not keep ``J`` alive).
 
     Examples
     --------
@@ -60,9 +65,16 @@ class TaskGrads:
     [tensor([0.5000, 0.5000])]
     """
 
-    def __init__(self, grads: list[list[Tensor]], *, owned: bool = True) -> None:
+    def __init__(
+        self,
+        grads: list[list[Tensor]],
+        *,
+        owned: bool = True,
+        matrix: tuple[int, Tensor] | None = None,
+    ) -> None:
         self.grads = grads
         self.owned = owned
+        self._matrix = matrix
         self._rows: list[Tensor] | None = None
 
     @classmethod
@@ -95,6 +107,8 @@ class TaskGrads:
     def matrix(self, start: int = 0, stop: int | None = None) -> Tensor:
         """``J``: the ``(T, P)`` matrix of the targets in ``[start, stop)``, side by side."""
         stop = self.targets if stop is None else stop
+        if self._matrix is not None and start == 0 and stop == self._matrix[0]:
+            return self._matrix[1]
         if self._rows is not None:
             return torch.cat([r.reshape(r.shape[0], -1) for r in self._rows[start:stop]], dim=1)
         first = self.grads[0][start]
@@ -153,9 +167,14 @@ class TaskGrads:
             return []
         c = [float(v) for v in coefficients.tolist()]
         first = self.grads[0][start:stop]
+        viewed = 0 if self._matrix is None else self._matrix[0]  # views of J
         own = [
-            in_place and self.owned and g.dtype == accumulation_dtype(g.dtype) and _dense(g)
-            for g in first
+            in_place
+            and self.owned
+            and j >= viewed
+            and g.dtype == accumulation_dtype(g.dtype)
+            and _dense(g)
+            for j, g in enumerate(first, start)
         ]
         mine = [g for g, o in zip(first, own, strict=True) if o]
         if mine:

@@ -150,3 +150,57 @@ def test_assembled_gradients_are_own_tensors_of_the_parameters_size() -> None:
         assert p.grad is not None and p.grad.shape == p.shape
         assert p.grad.untyped_storage().nbytes() == p.numel() * p.element_size()
     assert "gram" not in gb.statistics and gb.statistics["grad_norm"].shape == (3,)
+
+
+def test_j_methods_hold_the_shared_gradients_once_as_views_of_j() -> None:
+    """With ``matrix=`` each pass's shared gradients are copied into J and kept as its views;
+    J comes back uncopied and the update is never written into it."""
+    from mtlweight.gradient_level._inputs import task_grads
+
+    torch.manual_seed(0)
+    net = Net()
+    _, losses = losses_of(net, torch.rand(2, 3, 6, 6))
+    shared = list(net.trunk.parameters())
+    heads = list(net.heads.parameters())
+    grads, reached = task_grads(list(losses.values()), [*shared, *heads], keep_graph=False,
+                                batched=False, matrix=len(shared))
+    assert reached
+    jac = grads.matrix(0, len(shared))
+    assert grads.matrix(0, len(shared)) is jac
+    assert jac.shape == (3, sum(p.numel() for p in shared))
+    for t in range(3):
+        for g in grads.grads[t][: len(shared)]:
+            assert g.untyped_storage().data_ptr() == jac.untyped_storage().data_ptr()
+    before = jac.clone()
+    pieces = grads.combine(torch.tensor([0.5, 0.25, 0.25]), 0, len(shared), in_place=True)
+    torch.testing.assert_close(jac, before)  # J untouched
+    expected = (torch.tensor([0.5, 0.25, 0.25]) @ before)
+    torch.testing.assert_close(torch.cat([p.reshape(-1) for p in pieces]), expected)
+
+
+@pytest.mark.parametrize("name", ["db_mtl", "moco", "graddrop"])
+def test_direction_methods_refuse_a_weighted_total_before_moving_their_state(name: str) -> None:
+    torch.manual_seed(0)
+    net = Net()
+    weighting = mw.get(name, shared=net.trunk, task_specific="weighted")
+    weighting.backward(losses_of(net, torch.rand(2, 3, 6, 6))[1])  # one step: a state exists
+    state = copy.deepcopy(weighting.state_dict())
+    with pytest.raises(TypeError, match="not a weighted sum"):
+        weighting(losses_of(net, torch.rand(2, 3, 6, 6))[1])
+    assert_same(weighting.state_dict(), state)
+
+
+def assert_same(got: object, expected: object) -> None:
+    """Equal nested state: tensors bit for bit, everything else by ``==``."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(got, torch.Tensor) and torch.equal(got, expected)
+    elif isinstance(expected, dict):
+        assert isinstance(got, dict) and got.keys() == expected.keys()
+        for key in expected:
+            assert_same(got[key], expected[key])
+    elif isinstance(expected, (list, tuple)):
+        assert isinstance(got, (list, tuple)) and len(got) == len(expected)
+        for a, b in zip(got, expected, strict=True):
+            assert_same(a, b)
+    else:
+        assert got == expected
