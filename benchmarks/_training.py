@@ -26,8 +26,13 @@ PROTOCOLS = ("paper", "standard")
 RECIPE_PARTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "cosine": ({"lr_schedule": "step"}, {"lr_schedule": "cosine"}),
     "clip": ({"clip_grad_norm": None}, {"clip_grad_norm": 1.0}),
-    "texture_sum": ({"texture_normalize": True}, {"texture_normalize": False}),
     "zero_init": ({"zero_init_residual": False}, {"zero_init_residual": True}),
+}
+
+#: Choices tried on top of ``fast`` that it does not make (its row is ``fast+<name>``):
+#: the texture loss as the sum over Gram entries, as a reference implementation has it.
+VARIATIONS: dict[str, dict[str, Any]] = {
+    "texture_sum": {"texture_normalize": False},
 }
 
 
@@ -36,7 +41,9 @@ def recipe(name: str) -> dict[str, Any]:
     if name not in ("paper", "fast"):
         raise ValueError(f"unknown recipe {name!r}; choose 'paper' or 'fast'")
     index = 0 if name == "paper" else 1
-    return {k: v for choices in RECIPE_PARTS.values() for k, v in choices[index].items()}
+    shared = {"texture_normalize": True}  # the texture loss as the mean, in both
+    return {**shared, **{k: v for choices in RECIPE_PARTS.values()
+                         for k, v in choices[index].items()}}
 
 
 def default_data_root() -> Path:

@@ -57,8 +57,15 @@ def reproduce_command(config: dict[str, Any]) -> str:
              "--patches", config["patches"], "--patch-size", str(config["patch_size"]),
              "--patches-per-image", str(config["patches_per_image"]),
              "--batch-size", str(config["batch_size"]), "--steps", str(config["steps"]),
-             "--weighting", config["weighting"], "--seed", str(config["seed"]), "--out", "RUN"]
-    return " ".join(parts)
+             "--weighting", config["weighting"], "--seed", str(config["seed"])]
+    # The recipe's fields spelled out: the command stays right when a recipe changes.
+    parts += ["--lr-schedule", config["lr_schedule"],
+              "--texture-mean" if config["texture_normalize"] else "--texture-sum",
+              "--zero-init-residual" if config["zero_init_residual"] else
+              "--no-zero-init-residual"]
+    if config.get("clip_grad_norm") is not None:
+        parts += ["--clip-grad-norm", f"{config['clip_grad_norm']:g}"]
+    return " ".join([*parts, "--out", "RUN"])
 
 
 def score(weights: Path, data: Path, split: Path) -> dict[str, dict[str, dict[str, float]]]:
@@ -122,7 +129,8 @@ def render(card: dict[str, Any]) -> str:
         f"Trained with the project's own CLI on the {t['train_images']} `train` ids of "
         "`rain100-split.json` in Rain100L **and** Rain100H together "
         f"({t['steps']} steps of {t['batch_size']} random {t['patch_size']} px crops, "
-        f"{t['weighting'].upper()} weighting, recipe `fast`), "
+        f"{t['weighting'].upper()} weighting, recipe `fast`, texture loss as the "
+        f"{'mean' if t['texture_normalize'] else 'sum'} over Gram entries), "
         f"{t['wall_seconds'] / 60:.0f} min wall time on {card['machine']['cpu']} "
         f"({card['machine']['logical_cpus']} logical CPUs, shared with other jobs). "
         f"Stored as float16 safetensors ({card['file_bytes'] / 2**20:.2f} MiB); scores are "
@@ -166,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                                   "texture_normalize", "zero_init_residual", "seed", "losses")},
     }
     card: dict[str, Any] = {
-        "description": "MENET shallow-ca trained on Rain100L + Rain100H train ids (fast recipe)",
+        "description": "MENET shallow-ca trained on Rain100L + Rain100H train ids (fast recipe"
+                       + ("" if config["texture_normalize"] else ", texture loss summed") + ")",
         "data": training["data"], "steps": training["steps"], "weighting": config["weighting"],
         "training": training, "command": reproduce_command(config), "machine": machine(),
     }

@@ -135,7 +135,7 @@ def run_one(row: Row, dataset: str, seed: int, budget: Budget, data_root: Path,
         batch_size=budget.batch, losses=row.losses, weighting=row.weighting,
         weights=row.weights, gb_shared="last_conv", variant=row.variant, device="cpu",
         epochs=None, steps=budget.steps, seed=seed, lr=budget.lr, lr_milestone=0.4,
-        progress=False, cache=True, **recipe(budget.recipe),
+        progress=False, cache=True, channels_last=True, **recipe(budget.recipe),
     )
     scored = train_and_score(config, data_root / dataset, split_path, crop=budget.crop)
     return {"dataset": dataset, "row": row.key, "seed": seed, "budget": budget.key(), **scored}
@@ -246,7 +246,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
         f"{cfg['steps']} Adam steps of {cfg['batch']} random {cfg['patch']}x{cfg['patch']} "
         f"crops (lr {cfg['lr']:g}, recipe `{cfg.get('recipe', 'paper')}`: "
         + ("divided by 10 at 40 %" if cfg.get("recipe", "paper") == "paper" else
-           "cosine decay, clipping at 1.0, texture loss summed, zero-init last conv")
+           "cosine decay, clipping at 1.0, zero-init last conv")
         + f"), the same for every row; seeds "
         f"{seeds} (mean ± sample standard deviation over seeds). Trained on the "
         f"{cfg['train_images']} `train` ids of `rain100-split.json`, evaluated on its "

@@ -218,11 +218,17 @@ def test_quality_budget_check() -> None:
 def test_recipe_rows_are_leave_one_out() -> None:
     table = recipe.rows()
     fast, paper = table["fast"], table["paper"]
-    assert set(fast) == set(paper) and all(fast[k] != paper[k] for k in fast)
+    assert set(fast) == set(paper)
+    differ = [k for k in fast if fast[k] != paper[k]]
+    assert len(differ) == len(recipe.RECIPE_PARTS)  # one field per part
     for part in recipe.RECIPE_PARTS:
         row = table[f"fast-{part}"]
         changed = [k for k in fast if row[k] != fast[k]]
         assert len(changed) == 1 and row[changed[0]] == paper[changed[0]]
+    for name, change in recipe.VARIATIONS.items():  # fast plus one choice neither makes
+        row = table[f"fast+{name}"]
+        assert {k: v for k, v in row.items() if v != fast[k]} == change
+        assert all(paper[k] != v for k, v in change.items())
 
 
 def test_recipe_quick_on_tiny_data(tmp_path: Path) -> None:

@@ -58,8 +58,29 @@ def _compare(old: Any, new: Any, where: str, sums: dict[str, list[float]]) -> No
         assert (old.dtype, old.shape) == (new.dtype, new.shape), where
         if where in sums:  # zeroed in the fixture: compare with the recorded sums
             total, absolute = sums[where]
-            assert math.isclose(float(new.double().sum()), total, rel_tol=1e-3, abs_tol=1e-5), where
-            assert math.isclose(float(new.double().abs().sum()), absolute, rel_tol=1e-4), where
+            # entries within Adam's rounding envelope (below), random in sign: sqrt(n) of it
+            slack = 5e-4 * math.sqrt(new.numel()) if where.startswith("/model/") else 1e-5
+            if where.startswith("/optimizer/state/"):
+                # Adam's moments hold step 2's gradients, taken at parameters within the
+                # envelope below: 2 % of the absolute sum (a plain sum may cancel)
+                slack, rel = 2e-2 * absolute, 2e-2
+            else:
+                rel = 1e-4
+            got = float(new.double().sum())
+            assert math.isclose(got, total, rel_tol=1e-3, abs_tol=slack), where
+            assert math.isclose(float(new.double().abs().sum()), absolute, rel_tol=rel,
+                                abs_tol=slack), where
+        elif old.is_floating_point() and where.startswith("/model/"):
+            # Two Adam steps (lr 1e-3) turn rounding differences of the gradients (another
+            # CPU's kernels, another summation order) into parameter differences of up to
+            # ~2e-4, as Adam divides by |g| (measured: 9.5 % of the BatchNorm entries of the
+            # fixture, the largest 1.9e-4); a missed or doubled step would move them by ~1e-3.
+            torch.testing.assert_close(new, old, rtol=1e-4, atol=5e-4, msg=where)
+        elif old.is_floating_point() and where.startswith("/optimizer/state/"):
+            # Adam's moments: the gradients of step 2, at parameters within the envelope above
+            # (entries near zero differ the most, so compare the tensors as a whole)
+            gap = float((new.double() - old.double()).norm())
+            assert gap <= 2e-2 * float(old.double().norm()) + 1e-12, (where, gap)
         elif old.is_floating_point():
             torch.testing.assert_close(new, old, rtol=1e-4, atol=1e-6, msg=where)
         else:
@@ -81,6 +102,7 @@ def test_the_new_code_writes_the_old_checkpoint(tmp_path: Path) -> None:
         state.pop("elapsed")  # wall time
         state["config"].pop("out")  # where it was written
     new.pop("epoch_step", None)  # added after the split (0 at an epoch boundary)
+    assert new["config"].pop("channels_last") is False  # added later; off unless asked
     # The strategy's own state is mtlweight's format (it may gain entries); that it
     # still loads is checked by the resume test below.
     old.pop("weighting"), new.pop("weighting")
@@ -97,7 +119,8 @@ def test_an_old_checkpoint_resumes_from_the_command_line(
     ckpt = load_checkpoint(out / "last.ckpt")
     assert (ckpt["step"], ckpt["epoch"]) == (4, 4)
     assert ckpt["config"] == {**load_checkpoint(old_checkpoint(tmp_path / "o"))["config"],
-                              "out": str(out), "resume": True, "progress": False}
+                              "out": str(out), "resume": True, "progress": False,
+                              "channels_last": False}  # added later: the old layout kept
     rows = (out / "log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["3", "4"]
     assert (out / "model.safetensors").is_file()

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from menet.checkpoint import save_checkpoint
 from menet.cli import build_parser, main, train_config
@@ -33,20 +34,39 @@ def test_the_dataclass_defaults_are_the_paper_recipe() -> None:
 def test_fast_is_the_command_line_default() -> None:
     assert DEFAULT_RECIPE == "fast"
     cfg = parsed("--synthetic", "light")
-    assert (cfg.lr_schedule, cfg.clip_grad_norm, cfg.texture_normalize) == ("cosine", 1.0, False)
+    assert (cfg.lr_schedule, cfg.clip_grad_norm, cfg.texture_normalize) == ("cosine", 1.0, True)
     assert (cfg.zero_init_residual, cfg.patches, cfg.patch_size, cfg.batch_size) == (
         True, "random", 128, 16)
 
 
 def test_paper_recipe_from_the_command_line() -> None:
     cfg = parsed("--synthetic", "light", "--recipe", "paper")
-    assert cfg.to_dict() == TrainConfig(synthetic="light").to_dict()
+    # the paper's recipe, run in the faster NHWC layout (an execution choice, not the recipe's)
+    assert cfg.to_dict() == {**TrainConfig(synthetic="light").to_dict(), "channels_last": True}
+
+
+def test_new_runs_are_channels_last_and_resumed_old_runs_keep_their_layout(
+    tmp_path: Path,
+) -> None:
+    from menet.building import build_model
+
+    cfg = parsed("--synthetic", "light")
+    assert cfg.channels_last
+    weight = build_model(cfg, torch.device("cpu")).enc1[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert not parsed("--synthetic", "light", "--no-channels-last").channels_last
+    stored = TrainConfig(out=str(tmp_path), synthetic="light", steps=7).to_dict()
+    stored.pop("channels_last")  # a checkpoint of a version without the option
+    save_checkpoint(tmp_path / "last.ckpt", {"config": stored})
+    resumed = parsed("--out", str(tmp_path), "--resume")
+    assert not resumed.channels_last
+    assert build_model(resumed, torch.device("cpu")).enc1[0].weight.is_contiguous()
 
 
 def test_explicit_flags_override_the_recipe() -> None:
     cfg = parsed("--synthetic", "light", "--batch-size", "4", "--lr-schedule", "step",
-                 "--texture-mean", "--no-zero-init-residual", "--clip-grad-norm", "5")
-    assert (cfg.batch_size, cfg.lr_schedule, cfg.texture_normalize) == (4, "step", True)
+                 "--texture-sum", "--no-zero-init-residual", "--clip-grad-norm", "5")
+    assert (cfg.batch_size, cfg.lr_schedule, cfg.texture_normalize) == (4, "step", False)
     assert (cfg.zero_init_residual, cfg.clip_grad_norm) == (False, 5.0)
     assert (cfg.patches, cfg.patch_size) == ("random", 128)  # the rest is still fast
     cfg = parsed("--synthetic", "light", "--recipe", "paper", "--zero-init-residual",
@@ -93,4 +113,4 @@ def test_the_fast_recipe_reaches_the_scheduler_and_the_clipping(tmp_path: Path) 
     assert rates == pytest.approx(expected, rel=1e-4)
     cfg = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
     assert (cfg.clip_grad_norm, cfg.texture_normalize, cfg.zero_init_residual) == (
-        1.0, False, True)
+        1.0, True, True)

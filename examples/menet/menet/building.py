@@ -81,11 +81,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(config: TrainConfig, device: torch.device) -> MENET:
-    """The network of ``config.variant`` on ``device`` (last conv zeroed if asked)."""
+    """The network of ``config.variant`` on ``device`` (last conv zeroed if asked).
+
+    With ``config.channels_last`` the parameters are stored NHWC, so that every
+    convolution runs in that layout (inputs may stay NCHW; checkpoints and exports
+    hold the same values either way).
+    """
     net = MENET.variant(config.variant)
     if config.zero_init_residual:
         nn.init.zeros_(net.last_conv.weight)
-    return net.to(device)
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    return net.to(device, memory_format=layout)
 
 
 def build_losses(

@@ -422,4 +422,4 @@ def load_model(
         raise CheckpointError(
             f"weights file {path} does not match MENET variant {variant!r}: {exc}"
         ) from exc
-    return model.to(device).eval()
+    return model.to(device, memory_format=torch.channels_last).eval()

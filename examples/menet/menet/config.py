@@ -11,8 +11,9 @@ line applies before the options given explicitly:
   initialisation everywhere, ten 224 x 224 crops per image, batches of 20;
 - ``fast`` (the command line's default, for CPU budgets): cosine decay of the
   learning rate over the run, gradient-norm clipping at 1.0, texture loss as the
-  sum over Gram entries, the last conv initialised at zero, random 128 x 128
-  crops, batches of 16.
+  mean over Gram entries (as in ``paper``: the sum, which a reference
+  implementation uses, scored 0.37-0.60 dB lower in ``benchmarks/recipe.py``),
+  the last conv initialised at zero, random 128 x 128 crops, batches of 16.
 
 >>> cfg = TrainConfig(synthetic="light", steps=1, patch_size=32, batch_size=2)
 >>> cfg.variant, cfg.weighting, cfg.losses
@@ -50,7 +51,8 @@ GB_SHARED = ("last_conv", "all", "representation")
 #: Config fields that may change between a run and its ``--resume`` (they do
 #: not change the computation).
 RESUME_MUTABLE = frozenset(
-    {"out", "resume", "workers", "device", "progress", "cache", "compile", "skip_nonfinite"}
+    {"out", "resume", "workers", "device", "progress", "cache", "compile", "skip_nonfinite",
+     "channels_last"}
 )
 
 #: Named training recipes: :class:`TrainConfig` fields by recipe name.
@@ -68,7 +70,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fast": {
         "lr_schedule": "cosine",
         "clip_grad_norm": 1.0,
-        "texture_normalize": False,
+        "texture_normalize": True,
         "zero_init_residual": True,
         "patches": "random",
         "patch_size": 128,
@@ -176,6 +178,12 @@ class TrainConfig:
         Skip a step whose losses are not finite (no update; BatchNorm
         statistics restored), count it and go on, instead of stopping with
         :class:`FloatingPointError` naming the step and the task.
+    channels_last : bool
+        Store the model ``channels_last`` (NHWC): every convolution then runs in
+        that layout, 1.4x faster per step on two CPU cores (0.48 against 0.66 s
+        for 16 x 3 x 128² forward and backward), with the same results up to
+        rounding. ``python -m menet train`` turns it on for new runs; the
+        default ``False`` keeps resuming a run of an earlier version identical.
     """
 
     out: str = "runs/menet"
@@ -215,6 +223,7 @@ class TrainConfig:
     cache: bool = True
     compile: str | None = None
     skip_nonfinite: bool = False
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         self.losses = tuple(self.losses)

@@ -187,6 +187,7 @@ def _train_config(
         seed=seed,
         device=device,
         progress=progress,
+        channels_last=True,
     )
 
 

@@ -150,7 +150,7 @@ def _add_train(sub: Any) -> None:
         choices=sorted(RECIPES),
         help=f"named training recipe; explicit options override it (default {DEFAULT_RECIPE}; "
         "paper: step schedule /10 at 40%%, no clipping, normalised texture loss, ten 224 px "
-        "crops, batch 20; fast: cosine schedule, clipping at 1, texture sum, zero-init "
+        "crops, batch 20; fast: cosine schedule, clipping at 1, texture mean, zero-init "
         "residual, random 128 px crops, batch 16)",
     )
     _add_train_data(p.add_argument_group("data"))
@@ -251,11 +251,11 @@ def _add_train_model(g: Any) -> None:
     texture = g.add_mutually_exclusive_group()
     texture.add_argument(
         "--texture-sum", dest="texture_normalize", action="store_false",
-        help="texture loss as the sum over Gram entries (2304x the mean; the fast recipe)",
+        help="texture loss as the sum over Gram entries (2304x the mean)",
     )
     texture.add_argument(
         "--texture-mean", dest="texture_normalize", action="store_true",
-        help="texture loss as the mean over Gram entries (the paper recipe)",
+        help="texture loss as the mean over Gram entries (both recipes)",
     )
     init = g.add_mutually_exclusive_group()
     init.add_argument(
@@ -282,6 +282,15 @@ def _add_train_model(g: Any) -> None:
         "--skip-nonfinite",
         action="store_true",
         help="skip steps whose losses are NaN/inf instead of stopping",
+    )
+    layout = g.add_mutually_exclusive_group()
+    layout.add_argument(
+        "--channels-last", dest="channels_last", action="store_true",
+        help="store the model NHWC: 1.4x faster convolutions on CPU (default for new runs)",
+    )
+    layout.add_argument(
+        "--no-channels-last", dest="channels_last", action="store_false",
+        help="keep the model NCHW (the default when resuming a run of an earlier version)",
     )
 
 
