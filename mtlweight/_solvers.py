@@ -223,14 +223,15 @@ def dual_cone_weights(gram: Array, u: Array, *, tol: float = 1e-13) -> Array:
     gram
         Symmetric positive semi-definite ``(T, T)`` array.
     u
-        ``(T,)`` weights of the vector to project.
+        ``(T,)`` weights of the vector to project, or ``(K, T)``: ``K`` vectors
+        projected at once (one eigendecomposition of :math:`G` for all).
     tol
         Optimality tolerance on the cosines of the projection with the task gradients.
 
     Returns
     -------
     numpy.ndarray
-        ``(T,)`` weights :math:`w \ge u`; ``u`` itself when every gradient is zero.
+        Weights :math:`w \ge u`, shaped like ``u``; ``u`` itself when every gradient is zero.
 
     Examples
     --------
@@ -238,6 +239,9 @@ def dual_cone_weights(gram: Array, u: Array, *, tol: float = 1e-13) -> Array:
     >>> gram = np.array([[1.0, -1.0], [-1.0, 2.0]])  # g1 = (1, 0), g2 = (-1, 1)
     >>> dual_cone_weights(gram, np.array([1.0, 0.0]))  # pi(g1) = g1 + g2 / 2 = (0.5, 0.5)
     array([1. , 0.5])
+    >>> dual_cone_weights(gram, np.eye(2))  # both at once: pi(g2) = g1 + g2 = (0, 1)
+    array([[1. , 0.5],
+           [1. , 1. ]])
     """
     u = np.asarray(u, dtype=np.float64)
     norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))
@@ -251,9 +255,12 @@ def dual_cone_weights(gram: Array, u: Array, *, tol: float = 1e-13) -> Array:
     cosines = gram[np.ix_(live, live)] / np.outer(n, n)
     eigenvalues, vectors = np.linalg.eigh((cosines + cosines.T) / 2)
     root = np.sqrt(np.clip(eigenvalues, 0.0, None))[:, None] * vectors.T  # C = R^T R
-    lower = n * u[live]
-    slack = _nonneg_least_squares(root, -(root @ lower), tol=tol * max(1.0, np.abs(lower).max()))
-    result[live] = (lower + slack) / n
+    rows = result.reshape(-1, result.shape[-1])  # a view: the results land in ``result``
+    for row in rows:
+        lower = n * row[live]
+        slack = _nonneg_least_squares(root, -(root @ lower),
+                                      tol=tol * max(1.0, np.abs(lower).max()))
+        row[live] = (lower + slack) / n
     return result
 
 

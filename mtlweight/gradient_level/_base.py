@@ -256,9 +256,12 @@ class GradientMethod(Weighting):
                 torch.autograd.backward(self._total(tensors, weights))
                 return self._done(losses, representation, tensors)
             others = None
+            resolved: list[Tensor] | None = None
             if representation is None and not is_distributed():  # DDP reduces in backward()
-                others = free_to_assemble(tensors, self._inputs(None))
-            inputs, grads = self.jacobian(names, tensors, representation, extra=others or ())
+                resolved = self._inputs(None)
+                others = free_to_assemble(tensors, resolved)
+            inputs, grads = self.jacobian(names, tensors, representation, extra=others or (),
+                                          inputs=resolved)
             direction: Tensor | None = None
             if weights is None:
                 self.check_losses(names, values)
@@ -454,6 +457,7 @@ class GradientMethod(Weighting):
         representation: Tensor | None,
         *,
         extra: Sequence[Tensor] = (),
+        inputs: list[Tensor] | None = None,
     ) -> tuple[list[Tensor], TaskGrads]:
         """The differentiated inputs and the per-task gradients of the inputs, then of ``extra``.
 
@@ -464,7 +468,7 @@ class GradientMethod(Weighting):
         inputs', and the graph is then freed.
         """
         per_sample = representation is not None
-        inputs = self._inputs(representation)
+        inputs = self._inputs(representation) if inputs is None else inputs
         grads, reached = self._task_grads(
             losses, [*inputs, *extra], keep_graph=not extra, matrix=self._matrix_of(inputs)
         )

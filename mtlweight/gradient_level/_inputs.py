@@ -302,39 +302,40 @@ def free_to_assemble(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> list
     costs next to nothing, and no final backward pass is needed. Otherwise
     (shared = the last layer, with trainable layers below it) ``None``.
     """
+    if any(loss.requires_grad and loss.grad_fn is None for loss in losses):
+        return None  # a leaf loss: rare, take the general path
     shared_ids = {id(t) for t in shared}
-    reaches: dict[int, bool] = {}
-    light: dict[int, bool] = {}  # no shared below, only leaves below
+    reaches: dict[int, bool] = {}  # node id -> whether a shared tensor lies below it
+    leaves: set[int] = set()  # ids of the AccumulateGrad nodes
+    children: dict[int, list[Any]] = {}
     keep: list[object] = []  # keeps the nodes alive, so that their ids stay unique
     others: list[Tensor] = []
     stack: list[tuple[Any, bool]] = [(loss.grad_fn, False) for loss in losses if loss.grad_fn]
-    if any(loss.requires_grad and loss.grad_fn is None for loss in losses):
-        return None  # a leaf loss: rare, take the general path
-    while stack:
+    while stack:  # post-order: a node is settled after all of its children
         node, done = stack.pop()
         key = id(node)
         if done:
-            children = [c for c, _ in node.next_functions if c is not None]
-            reaches[key] = any(reaches[id(c)] for c in children)
-            light[key] = not reaches[key] and all(
-                getattr(c, "variable", None) is not None for c in children
-            )
-            if not reaches[key] and not light[key]:
-                return None
+            below = children[key]
+            reached = any(reaches[id(c)] for c in below)
+            reaches[key] = reached
+            if not reached and not all(id(c) in leaves for c in below):
+                return None  # a subgraph without shared tensors that is not just leaves
             continue
         if key in reaches:
             continue
         keep.append(node)
         variable = getattr(node, "variable", None)
         if isinstance(variable, Tensor):
+            leaves.add(key)
             reaches[key] = id(variable) in shared_ids
-            light[key] = not reaches[key]
             if not reaches[key]:
                 others.append(variable)
             continue
         reaches[key] = False  # provisional, replaced when done (the graph is acyclic)
+        below = [c for c, _ in node.next_functions if c is not None]
+        children[key] = below
         stack.append((node, True))
-        stack.extend((c, False) for c, _ in node.next_functions if c is not None)
+        stack.extend((c, False) for c in below)
     return others
 
 

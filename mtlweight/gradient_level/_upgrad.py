@@ -68,6 +68,5 @@ class UPGrad(GramWeighting):
     def gram_weights(self, gram: Tensor, values: Tensor) -> Tensor:
         g = gram.numpy()
         count = g.shape[0]
-        identity = np.eye(count) / count
-        total = sum((dual_cone_weights(g, identity[i]) for i in range(count)), np.zeros(count))
-        return torch.from_numpy(total)
+        # the T projections pi(g_i) / T share one eigendecomposition of G
+        return torch.from_numpy(dual_cone_weights(g, np.eye(count) / count).sum(axis=0))
