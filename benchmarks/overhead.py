@@ -73,7 +73,9 @@ def make_step(
     name: str, device: torch.device, batch: int, patch: int, seed: int = 0
 ) -> Callable[[], None]:
     torch.manual_seed(seed)
-    model = MENET(blocks=8, channel_attention=True).to(device).train()
+    # channels_last, as ``python -m menet train`` stores it
+    model = MENET(blocks=8, channel_attention=True).to(
+        device, memory_format=torch.channels_last).train()
     weighting, wants_repr = _weighting(name, model)
     weighting = weighting.to(device)
     params = [*model.parameters(), *weighting.parameters()]
@@ -199,13 +201,14 @@ def main(argv: list[str] | None = None) -> int:
             f"Measured {mach['date']} on {mach['cpu']} ({mach['logical_cpus']} logical CPUs, "
             f"{mach['torch_threads']} torch threads, torch {mach['torch']}"
             f"{', ' + mach['cuda'] if mach['cuda'] else ''}). One step = forward, the three "
-            "losses, the weighting, backward and an Adam step on MENET shallow-ca, batch "
-            f"{args.batch}, patch {args.patch}; medians of {args.repeats} interleaved "
-            f"repetitions after {args.warmup} warm-up, each strategy as a ratio to Fixed in "
-            "the same run. Strategies that take shared parameters use the last convolution "
-            "(as GB); `gb_all` uses every parameter, `gb_repr` and `mgda_ub` the output of "
-            "the last convolution. CPU peak memory is the peak resident set (`VmHWM`) of a "
-            "fresh process per strategy running three steps of it.",
+            "losses, the weighting, backward and an Adam step on MENET shallow-ca "
+            f"(channels_last), batch {args.batch}, patch {args.patch}; medians of "
+            f"{args.repeats} interleaved repetitions after {args.warmup} warm-up, each "
+            "strategy as a ratio to Fixed in the same run. Strategies that take shared "
+            "parameters use the last convolution (as GB); `gb_all` uses every parameter, "
+            "`gb_repr` and `mgda_ub` the output of the last convolution. CPU peak memory "
+            "is the peak resident set (`VmHWM`) of a fresh process per strategy running "
+            "three steps of it.",
             "",
         ]
         (RESULTS / "overhead.md").write_text("\n".join(header + sections), encoding="utf-8")
