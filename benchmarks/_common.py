@@ -126,13 +126,13 @@ def write_docs_results(out: Path | None = None) -> Path:
     """Assemble ``docs/_generated/results.md`` from the Markdown files under ``results/``.
 
     Sections, in order, for those present: ``overhead.md``, ``vs_torchjd.md``, ``speed.md``,
-    ``quality.md``, ``quality-long.md`` (a longer-budget run of some rows, made
-    with ``quality.py --out results/quality-long.json``); each starts with its
-    own ``##`` heading.
+    ``recipe.md``, ``recipe-3000.md`` (the fast recipe at the issue's budget, made with
+    ``recipe.py --rows fast --steps 3000 --patch 128``), ``quality.md``; each starts
+    with its own ``##`` heading.
     """
     path = out if out is not None else DOCS_RESULTS
     parts: list[str] = []
-    for name in ("overhead", "vs_torchjd", "speed", "recipe", "quality", "quality-long"):
+    for name in ("overhead", "vs_torchjd", "speed", "recipe", "recipe-3000", "quality"):
         md = RESULTS / f"{name}.md"
         if md.is_file():
             parts += [md.read_text(encoding="utf-8").rstrip(), ""]
