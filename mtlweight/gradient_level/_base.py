@@ -67,7 +67,8 @@ class Combination:
         ...                            torch.tensor([1.0, 1.0])).weights
         tensor([1.0000, 0.5000], dtype=torch.float64)
         """
-        projected = (jac.double() @ direction.double()).cpu().reshape(-1, 1)
+        # J d in J's precision (a float64 copy of J would double the method's memory)
+        projected = torch.mv(jac, direction.to(jac.dtype)).double().cpu().reshape(-1, 1)
         weights = torch.linalg.lstsq(gram, projected, driver="gelsd").solution.reshape(-1)
         return cls(weights, direction)
 

@@ -118,8 +118,10 @@ class ExcessMTL(ParameterState):
         jac = self.task_order(jac)
         self.check_state(self.squares, jac, "squared-gradient sums")
         square = jac.detach().square()
-        self.squares = square if self.squares is None else self.squares + square
-        return (square / (self.squares + _EPS).sqrt()).sum(dim=1).double().cpu()
+        self.squares = square.clone() if self.squares is None else self.squares + square
+        # in place on this step's temporaries: (T, P) tensors are the cost at large P
+        root = torch.add(self.squares, _EPS).sqrt_()
+        return square.div_(root).sum(dim=1).double().cpu()
 
     def combine(self, jac: Tensor, gram: Tensor, values: Tensor) -> Combination:
         risks = self.excess_risks(jac)

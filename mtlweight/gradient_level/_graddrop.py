@@ -36,11 +36,24 @@ def graddrop_direction(jac: Tensor, uniform: Tensor, leak: Tensor) -> Tensor:
     >>> graddrop_direction(jac, torch.tensor([0.1, 0.5]), torch.zeros(2))  # keeps 1 and 2 + 1
     tensor([1., 3.])
     """
-    size = jac.abs().sum(dim=0)
-    purity = 0.5 * (1.0 + jac.sum(dim=0) / torch.where(size > 0, size, torch.ones_like(size)))
-    keep = ((purity > uniform) & (jac > 0)) | ((purity < uniform) & (jac < 0))
-    leak = leak.to(jac)[:, None]
-    return ((leak + (1.0 - leak) * keep.to(jac)) * jac).sum(dim=0)
+    # Row by row, so that the temporaries are (P,) and not (T, P): at millions of shared
+    # parameters they decided GradDrop's time and memory.
+    size = torch.zeros_like(jac[0])
+    total = torch.zeros_like(jac[0])
+    for g in jac:
+        size.add_(g.abs())
+        total.add_(g)
+    # where every g_i is 0 the total is 0 too: any positive size gives purity 1/2 there
+    purity = total.div_(size.clamp_(min=torch.finfo(jac.dtype).tiny)).add_(1.0).mul_(0.5)
+    del size
+    up = (purity > uniform).to(jac.dtype)  # keep the positive entries here
+    down = (purity < uniform).to(jac.dtype)  # and the negative ones there
+    del purity
+    d = torch.zeros_like(jac[0])
+    for g, ell in zip(jac, leak.tolist(), strict=True):
+        kept = torch.where(g > 0, up, down).mul_(g)  # M_i * g_i
+        d.add_(g, alpha=ell).add_(kept, alpha=1.0 - ell)
+    return d
 
 
 class GradDrop(Seeded, GradientMethod):
