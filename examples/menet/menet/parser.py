@@ -248,24 +248,13 @@ def _add_train_model(g: Any) -> None:
         metavar="MAX",
         help=f"clip the global gradient norm to MAX ({_default('clip_grad_norm')})",
     )
-    texture = g.add_mutually_exclusive_group()
-    texture.add_argument(
-        "--texture-sum", dest="texture_normalize", action="store_false",
-        help="texture loss as the sum over Gram entries (2304x the mean)",
-    )
-    texture.add_argument(
-        "--texture-mean", dest="texture_normalize", action="store_true",
-        help="texture loss as the mean over Gram entries (both recipes)",
-    )
-    init = g.add_mutually_exclusive_group()
-    init.add_argument(
-        "--zero-init-residual", dest="zero_init_residual", action="store_true",
-        help="start the last conv at zero, so the network starts as the identity (fast)",
-    )
-    init.add_argument(
-        "--no-zero-init-residual", dest="zero_init_residual", action="store_false",
-        help="fan-in initialisation everywhere (paper)",
-    )
+    _switch(g, "texture_normalize",
+            ("--texture-mean", "texture loss as the mean over Gram entries (both recipes)"),
+            ("--texture-sum", "texture loss as the sum over Gram entries (2304x the mean)"))
+    _switch(g, "zero_init_residual",
+            ("--zero-init-residual",
+             "start the last conv at zero, so the network starts as the identity (fast)"),
+            ("--no-zero-init-residual", "fan-in initialisation everywhere (paper)"))
     g.add_argument("--seed", type=int, help=f"random seed ({_default('seed')})")
     g.add_argument("--device", help="auto, cpu or cuda[:N] (default auto: CUDA when available)")
     g.add_argument(
@@ -283,15 +272,20 @@ def _add_train_model(g: Any) -> None:
         action="store_true",
         help="skip steps whose losses are NaN/inf instead of stopping",
     )
-    layout = g.add_mutually_exclusive_group()
-    layout.add_argument(
-        "--channels-last", dest="channels_last", action="store_true",
-        help="store the model NHWC: 1.4x faster convolutions on CPU (default for new runs)",
-    )
-    layout.add_argument(
-        "--no-channels-last", dest="channels_last", action="store_false",
-        help="keep the model NCHW (the default when resuming a run of an earlier version)",
-    )
+    _switch(g, "channels_last",
+            ("--channels-last",
+             "store the model NHWC: 1.4x faster convolutions on CPU (default for new runs)"),
+            ("--no-channels-last",
+             "keep the model NCHW (the default when resuming a run of an earlier version)"))
+
+
+def _switch(
+    group: argparse._ArgumentGroup, dest: str, on: tuple[str, str], off: tuple[str, str]
+) -> None:
+    """Two mutually exclusive flags that set ``dest`` to ``True`` / ``False``: (flag, help)."""
+    pair = group.add_mutually_exclusive_group()
+    pair.add_argument(on[0], dest=dest, action="store_true", help=on[1])
+    pair.add_argument(off[0], dest=dest, action="store_false", help=off[1])
 
 
 def _add_source(p: argparse.ArgumentParser, split_key: str) -> None:
