@@ -23,8 +23,8 @@ from mtlweight.gradient_level._inputs import (
     gram,
     graph_leaves,
     require_reached,
+    split_columns,
     task_grads,
-    unflat,
     weighted_sum,
 )
 from mtlweight.gradient_level._task_grads import TaskGrads
@@ -183,6 +183,10 @@ class GradientMethod(Weighting):
         values
             ``(T,)`` detached losses.
         """
+
+    #: Whether :meth:`combine` needs :math:`J` itself: then each pass's shared gradients go
+    #: into one ``(T, P)`` matrix as the passes run, so that they are held once.
+    needs_matrix: bool = True
 
     #: Whether :meth:`combine` always returns a ``direction`` (not :math:`J^\\top w`):
     #: ``weighting(losses)`` then raises :class:`TypeError` before it computes anything.
@@ -364,7 +368,7 @@ class GradientMethod(Weighting):
         names, values = pending.names, pending.values
         rows = pending.rows
         if self.sync and is_distributed():
-            rows = unflat(self.statistic("jacobian", flat(rows)), rows)
+            rows = split_columns(self.statistic("jacobian", flat(rows)), pending.shared)
             del self.statistics["jacobian"]
         self.check_losses(names, values)
         weights = self.reused_weights(names)
@@ -429,8 +433,11 @@ class GradientMethod(Weighting):
         g = self._gram(names, gram(jac), per_sample)
         return self._checked(names, self.combine(jac, g, values))
 
-    def _gram(self, names: list[str], g: Tensor, per_sample: bool) -> Tensor:
-        """``G`` averaged across processes for a representation, symmetric, checked finite."""
+    def _gram(self, names: list[str], g: Tensor, per_sample: bool, keep: bool = True) -> Tensor:
+        """``G`` averaged across processes for a representation, symmetric, checked finite.
+
+        Kept as ``statistics["gram"]`` unless ``keep`` is false (a diagonal only).
+        """
         if per_sample and self.sync and is_distributed():
             # Each rank's columns are its own samples: Gram matrices add up over
             # samples. With mean losses over equal batches, the combined batch's
@@ -438,7 +445,10 @@ class GradientMethod(Weighting):
             g = self.statistic("gram", g) / world_size()
         g = (g + g.T) / 2
         check_finite(names, g.diagonal().clamp_min(0.0).sqrt(), "gradient norm")
-        self.statistics["gram"] = g
+        if keep:
+            self.statistics["gram"] = g
+        else:
+            self.statistics.pop("gram", None)
         return g
 
     def _checked(self, names: list[str], combination: Combination) -> Combination:
@@ -471,24 +481,17 @@ class GradientMethod(Weighting):
         per_sample = representation is not None
         inputs = self._inputs(representation) if inputs is None else inputs
         grads, reached = self._task_grads(
-            losses, [*inputs, *extra], keep_graph=not extra, matrix=self._matrix_of(inputs)
+            losses, [*inputs, *extra], keep_graph=not extra,
+            matrix=len(inputs) if self.needs_matrix else 0,
         )
         require_reached(self, reached, inputs, per_sample)
         if not per_sample and self.sync and is_distributed():
             count = len(inputs)
-            rows = grads.rows(0, count)
-            shared = unflat(self.statistic("jacobian", grads.matrix(0, count)), rows)
+            reduced = self.statistic("jacobian", grads.matrix(0, count))
+            shared = split_columns(reduced, inputs)  # views of the reduced J: no copy
             del self.statistics["jacobian"]  # T x P numbers: not kept between steps
             grads = TaskGrads.of_rows([*shared, *grads.rows(count)])
         return inputs, grads
-
-    def _matrix_of(self, inputs: list[Tensor]) -> int:
-        """How many leading targets go into one ``(T, P)`` matrix as the passes run (0: none).
-
-        ``len(inputs)`` for the methods that need :math:`J` itself, so that it is
-        held once; 0 for :class:`GramWeighting`, which needs only dot products.
-        """
-        return len(inputs)
 
     def _task_grads(
         self, losses: list[Tensor], targets: list[Tensor], *, keep_graph: bool, matrix: int = 0
@@ -575,8 +578,7 @@ class GramWeighting(GradientMethod):
     def combine(self, jac: Tensor, gram: Tensor, values: Tensor) -> Combination:
         return Combination(self.gram_weights(gram, values))
 
-    def _matrix_of(self, inputs: list[Tensor]) -> int:
-        return 0  # J is never built
+    needs_matrix = False  # J is never built: G comes from dot products
 
     #: Whether :meth:`gram_weights` reads the diagonal of ``G`` only (the norms, as GB):
     #: then the off-diagonal entries are not computed and are zero.
@@ -586,7 +588,7 @@ class GramWeighting(GradientMethod):
         self, names: list[str], grads: TaskGrads, count: int, per_sample: bool, values: Tensor
     ) -> Combination:
         # G from dot products of the per-task gradients: J itself is never built
-        g = self._gram(names, grads.gram(0, count, diagonal_only=self.diagonal_only), per_sample)
-        if self.diagonal_only:
-            del self.statistics["gram"]  # not the Gram matrix: its diagonal only
+        g = grads.gram(0, count, diagonal_only=self.diagonal_only)
+        # only the diagonal: not kept as statistics["gram"]
+        g = self._gram(names, g, per_sample, keep=not self.diagonal_only)
         return self._checked(names, Combination(self.gram_weights(g, values)))

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from mtlweight._validation import Losses, check_non_negative, normalise_losses
 from mtlweight.gradient_level._base import Combination, TaskSpecific
 from mtlweight.gradient_level._parameter_state import ParameterState
+from mtlweight.gradient_level._task_grads import accumulation_dtype
 
 __all__ = ["DBMTL"]
 
@@ -132,7 +133,7 @@ class DBMTL(ParameterState):
         beta = self.beta / self.calls**self.beta_sigma
         average = torch.zeros_like(rows) if self.average is None else self.average
         self.average = average = beta * average + (1.0 - beta) * rows
-        acc = torch.float64 if average.dtype == torch.float64 else torch.float32
+        acc = accumulation_dtype(average.dtype)
         norms = average.to(acc).norm(dim=1)
         scale = torch.where(norms > 0, norms.max() / torch.where(norms > 0, norms, 1.0), 0.0)
         direction = scale @ average.to(acc)

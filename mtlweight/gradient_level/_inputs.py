@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from mtlweight.autograd import as_inputs
 from mtlweight.distributed import all_reduce_mean, is_distributed
-from mtlweight.gradient_level._task_grads import TaskGrads
+from mtlweight.gradient_level._task_grads import TaskGrads, accumulation_dtype
 
 if TYPE_CHECKING:
     from mtlweight._base import Weighting
@@ -27,8 +27,8 @@ __all__ = [
     "graph_leaves",
     "jacobian",
     "require_reached",
+    "split_columns",
     "task_grads",
-    "unflat",
     "weighted_sum",
 ]
 
@@ -121,7 +121,7 @@ def gram(jac: Tensor) -> Tensor:
     On the CPU the entries are pairwise dot products: a BLAS matrix product
     of a few rows can wait tens of milliseconds for its thread pool to wake.
     """
-    acc = torch.float64 if jac.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(jac.dtype)
     mat = jac.to(acc)
     if mat.device.type != "cpu":
         return (mat @ mat.T).to(device="cpu", dtype=torch.float64)
@@ -175,7 +175,7 @@ def grad_norm_statistic(
     )
     jac, reached = jacobian(losses, inputs)
     require_reached(weighting, reached, inputs, per_sample)
-    acc = torch.float64 if jac.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(jac.dtype)
     if per_sample:
         norms = weighting.statistic("grad_norm_squared", jac.to(acc).square().sum(1)).sqrt()
     else:
@@ -287,10 +287,10 @@ def flat(rows: Sequence[Tensor]) -> Tensor:
     return torch.cat([r.reshape(r.shape[0], -1) for r in rows], dim=1)
 
 
-def unflat(jac: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
-    """Split a ``(T, P)`` matrix back into rows shaped like ``like`` (views)."""
-    pieces = torch.split(jac, [r[0].numel() for r in like], dim=1)
-    return [p.reshape(r.shape) for p, r in zip(pieces, like, strict=True)]
+def split_columns(jac: Tensor, targets: Sequence[Tensor]) -> list[Tensor]:
+    """Views of a ``(T, P)`` matrix as ``(T, *shape)`` tensors, one per target, side by side."""
+    pieces = torch.split(jac, [t.numel() for t in targets], dim=1)
+    return [p.reshape(jac.shape[0], *t.shape) for p, t in zip(pieces, targets, strict=True)]
 
 
 def free_to_assemble(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> list[Tensor] | None:
@@ -380,7 +380,7 @@ def add_grad(tensor: Tensor, grad: Tensor) -> None:
 
 def weighted_sum(weights: Tensor, rows: Tensor) -> Tensor:
     """``sum_t weights[t] * rows[t]``, shaped like one row, in float32 (float64 for float64)."""
-    acc = torch.float64 if rows.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(rows.dtype)
     flat_rows = rows.reshape(rows.shape[0], -1).to(acc)
     w = weights.to(device=rows.device, dtype=acc)
     return torch.mv(flat_rows.T, w).reshape(rows.shape[1:])  # a GEMV: faster than tensordot

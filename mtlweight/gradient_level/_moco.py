@@ -13,6 +13,7 @@ from mtlweight._solvers import project_simplex
 from mtlweight.gradient_level._base import Combination, TaskSpecific
 from mtlweight.gradient_level._inputs import gram as gram_of
 from mtlweight.gradient_level._parameter_state import ParameterState
+from mtlweight.gradient_level._task_grads import accumulation_dtype
 
 __all__ = ["MoCo"]
 
@@ -137,7 +138,7 @@ class MoCo(ParameterState):
         lam = self.lam if self.lam is not None else torch.full((count,), 1.0 / count).double()
         step = (gram_of(tracked) + self.rho * torch.eye(count, dtype=torch.float64)) @ lam
         self.lam = torch.from_numpy(project_simplex((lam - gamma * step).numpy()))
-        acc = torch.float64 if tracked.dtype == torch.float64 else torch.float32
+        acc = accumulation_dtype(tracked.dtype)
         direction = self.lam.to(device=tracked.device, dtype=acc) @ tracked.to(acc)
         return Combination.from_direction(jac, gram, direction)
 
