@@ -30,9 +30,11 @@ RECIPE_PARTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 
 #: Choices tried on top of ``fast`` that it does not make (its row is ``fast+<name>``):
-#: the texture loss as the sum over Gram entries, as a reference implementation has it.
+#: the texture loss as the sum over Gram entries, as a reference implementation has it;
+#: mixed precision (bfloat16 autocast on CPU, float16 with a scaler on CUDA).
 VARIATIONS: dict[str, dict[str, Any]] = {
     "texture_sum": {"texture_normalize": False},
+    "amp": {"amp": True},
 }
 
 

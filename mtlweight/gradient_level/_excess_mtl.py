@@ -115,13 +115,18 @@ class ExcessMTL(ParameterState):
 
     def excess_risks(self, jac: Tensor) -> Tensor:
         """Accumulate this step's squared gradients; return :math:`E_t`, ``(T,)`` float64 CPU."""
-        jac = self.task_order(jac)
+        jac = self.task_order(jac).detach()
         self.check_state(self.squares, jac, "squared-gradient sums")
-        square = jac.detach().square()
-        self.squares = square.clone() if self.squares is None else self.squares + square
-        # in place on this step's temporaries: (T, P) tensors are the cost at large P
-        root = torch.add(self.squares, _EPS).sqrt_()
-        return square.div_(root).sum(dim=1).double().cpu()
+        if self.squares is None:
+            self.squares = torch.zeros_like(jac)
+        # Row by row, in place: the temporaries are (P,), not (T, P) (at millions of
+        # shared parameters those decided ExcessMTL's memory).
+        risks = []
+        for row, sums in zip(jac, self.squares, strict=True):
+            square = row.square()
+            sums.add_(square)
+            risks.append(square.div_(torch.add(sums, _EPS).sqrt_()).sum())
+        return torch.stack(risks).double().cpu()
 
     def combine(self, jac: Tensor, gram: Tensor, values: Tensor) -> Combination:
         risks = self.excess_risks(jac)

@@ -36,8 +36,8 @@ def graddrop_direction(jac: Tensor, uniform: Tensor, leak: Tensor) -> Tensor:
     >>> graddrop_direction(jac, torch.tensor([0.1, 0.5]), torch.zeros(2))  # keeps 1 and 2 + 1
     tensor([1., 3.])
     """
-    # Row by row, so that the temporaries are (P,) and not (T, P): at millions of shared
-    # parameters they decided GradDrop's time and memory.
+    # Row by row, so that the temporaries are (P,) and not (T, P), and the masks are
+    # booleans: at millions of shared parameters they decided GradDrop's time and memory.
     size = torch.zeros_like(jac[0])
     total = torch.zeros_like(jac[0])
     for g in jac:
@@ -46,13 +46,16 @@ def graddrop_direction(jac: Tensor, uniform: Tensor, leak: Tensor) -> Tensor:
     # where every g_i is 0 the total is 0 too: any positive size gives purity 1/2 there
     purity = total.div_(size.clamp_(min=torch.finfo(jac.dtype).tiny)).add_(1.0).mul_(0.5)
     del size
-    up = (purity > uniform).to(jac.dtype)  # keep the positive entries here
-    down = (purity < uniform).to(jac.dtype)  # and the negative ones there
+    up = purity > uniform  # keep the positive entries here
+    down = purity < uniform  # and the negative ones there
     del purity
     d = torch.zeros_like(jac[0])
     for g, ell in zip(jac, leak.tolist(), strict=True):
-        kept = torch.where(g > 0, up, down).mul_(g)  # M_i * g_i
-        d.add_(g, alpha=ell).add_(kept, alpha=1.0 - ell)
+        if ell > 0.0:
+            d.add_(g, alpha=ell)
+        if ell < 1.0:
+            kept = torch.where(g > 0, up, down)  # M_i
+            d.add_(torch.where(kept, g, 0.0), alpha=1.0 - ell)  # M_i * g_i
     return d
 
 
