@@ -173,3 +173,42 @@ def test_quick_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for name in ("grid.png", "scores-standard.csv", "train/model.safetensors",
                  "train/loss_curves.png", "train/weight_trajectories.png"):
         assert (out / name).stat().st_size > 0
+
+
+class TestAmpTip:
+    """``menet train`` suggests ``--amp`` only for float32 CPU runs on native-bfloat16 CPUs."""
+
+    @pytest.mark.parametrize(
+        ("native", "options", "shown"),
+        [
+            (True, {"device": "cpu"}, True),
+            (True, {"device": "cpu", "amp": True}, False),
+            (False, {"device": "cpu"}, False),
+            (True, {"device": "cuda"}, False),
+        ],
+    )
+    def test_when(self, monkeypatch: pytest.MonkeyPatch, native: bool,
+                  options: dict[str, Any], shown: bool) -> None:
+        import menet.cli as cli
+        from menet.config import TrainConfig
+
+        monkeypatch.setattr(cli, "native_bfloat16", lambda: native)
+        tip = cli.amp_tip(TrainConfig(synthetic="light", **options))
+        assert (tip is not None) == shown
+        if shown:
+            assert tip is not None and "--amp" in tip and "recipe-amp.md" in tip
+
+    def test_printed_by_train(self, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+        import menet.cli as cli
+
+        monkeypatch.setattr(cli, "native_bfloat16", lambda: True)
+        code = main(["train", "--synthetic", "light", "--steps", "1", *TINY,
+                     "--out", str(tmp_path / "run")])
+        assert code == 0
+        assert "tip: this CPU computes bfloat16 natively" in capsys.readouterr().err
+
+    def test_probe_is_a_bool(self) -> None:
+        from menet.building import native_bfloat16
+
+        assert isinstance(native_bfloat16(), bool)

@@ -422,4 +422,6 @@ def load_model(
         raise CheckpointError(
             f"weights file {path} does not match MENET variant {variant!r}: {exc}"
         ) from exc
-    return model.to(device, memory_format=torch.channels_last).eval()
+    # Module.to moves in place; its stubs lack memory_format
+    model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return model.eval()
