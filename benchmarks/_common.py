@@ -127,12 +127,15 @@ def write_docs_results(out: Path | None = None) -> Path:
 
     Sections, in order, for those present: ``overhead.md``, ``vs_torchjd.md``, ``speed.md``,
     ``recipe.md``, ``recipe-3000.md`` (the fast recipe at the issue's budget, made with
-    ``recipe.py --rows fast --steps 3000 --patch 128``), ``quality.md``; each starts
-    with its own ``##`` heading.
+    ``recipe.py --rows fast --steps 3000 --patch 128``), ``recipe-amp.md`` (``fast``
+    against ``fast+amp``), ``recipe-25min.md`` (``fast+amp`` for 25 minutes of two
+    cores), ``quality.md``; each starts with its own ``##`` heading.
     """
     path = out if out is not None else DOCS_RESULTS
     parts: list[str] = []
-    for name in ("overhead", "vs_torchjd", "speed", "recipe", "recipe-3000", "quality"):
+    names = ("overhead", "vs_torchjd", "speed", "recipe", "recipe-3000", "recipe-amp",
+             "recipe-25min", "quality")
+    for name in names:
         md = RESULTS / f"{name}.md"
         if md.is_file():
             parts += [md.read_text(encoding="utf-8").rstrip(), ""]

@@ -134,7 +134,8 @@ def render(payload: dict[str, Any]) -> str:
         f"Rainy input: {first['standard_input_psnr']['mean']:.2f} dB (Y), "
         f"{first['paper_input_psnr']['mean']:.2f} dB (RGB, ten crops).\n\n")
     status = "complete" if cfg.get("complete") else "PARTIAL (still running or cut short)"
-    return (f"## Recipe ablation ({cfg['dataset']}, {cfg['steps']} steps of {cfg['batch']} x "
+    title = cfg.get("title") or "Recipe ablation"
+    return (f"## {title} ({cfg['dataset']}, {cfg['steps']} steps of {cfg['batch']} x "
             f"{cfg['patch']} px crops; seeds {cfg['seeds']}; {status})\n\n"
             "MENET-GB (shallow-ca), same budget per row; `fast-<part>` is the fast recipe "
             "with that part put back to the paper's choice, `fast+texture_sum` the fast "
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="2 steps, tiny crops, one seed")
     p.add_argument("--out", type=Path, default=None, help="JSON path")
     p.add_argument("--notes", default="")
+    p.add_argument("--title", default="", help="heading of the Markdown (default: Recipe ablation)")
     args = p.parse_args(argv)
     data = args.data or default_data_root()
     split = data / "rain100-split.json"
@@ -207,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
 def _write(json_path: Path, runs: list[dict[str, Any]], args: argparse.Namespace,
            final: bool) -> dict[str, Any]:
     config = {**budget(args), "seeds": args.seeds, "rows": args.rows, "threads": args.threads,
-              "complete": final, "notes": args.notes or "seconds are noisy on a shared machine"}
+              "complete": final, "title": args.title,
+              "notes": args.notes or "seconds are noisy on a shared machine"}
     payload: dict[str, Any] = {"config": config, "table": table(runs), "runs": runs}
     write_json("recipe", payload, json_path)
     payload["machine"] = json.loads(json_path.read_text(encoding="utf-8"))["machine"]

@@ -157,7 +157,10 @@ class CAGrad(GramWeighting):
         :math:`10^{-5} \sum_t w^\star_t \lVert g_t \rVert`, a cancellation: zero is in
         the hull of the gradients and :math:`c` is large) the formula for
         :math:`d` does not give the primal solution; there :math:`d = g_0 / r`,
-        as the authors' code gives.
+        as the authors' code gives. The same holds wherever the solver's
+        :math:`w^\star` is optimal in value but not in direction (a cancelling weight
+        below its tolerance): :math:`d` is never worse than :math:`g_0` in the
+        worst task's improvement :math:`\min_t \langle g_t, d \rangle`.
 
     Examples
     --------
@@ -206,6 +209,14 @@ class CAGrad(GramWeighting):
         # scaled task) is exact and steers d as any other.
         combined = float(w @ np.sqrt(np.clip(np.diag(gram), 0.0, None)))
         lam = rho / gw_norm if gw_norm > _ZERO * combined else 0.0
+        if lam > 0.0:
+            # Both d(lambda) and g0 lie in the ball. With w optimal, d(lambda) is the best
+            # (strong duality); a w that is only near-optimal in value (a vertex kept because
+            # the weight that would cancel it is below the solver's tolerance, as for
+            # g = (-1e-61, 1)) can point d the wrong way: then keep g0, the better of the two.
+            scale = float(np.max(np.diag(gram)))
+            if float(np.min(gram @ b)) > float(np.min(gram @ (b + lam * w))) + 1e-12 * scale:
+                lam = 0.0
         result: Array = (b + lam * w) / divisor
         return result
 

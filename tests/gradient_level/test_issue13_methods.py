@@ -196,3 +196,15 @@ def test_cagrad_three_tasks_one_tiny_matches_an_socp_solver() -> None:
     assert np.linalg.norm(d - g0) <= radius * (1 + 1e-9)
     assert worst(d) >= worst(reference) * (1 - 1e-6)
     np.testing.assert_allclose(d, reference, atol=1e-5)
+
+
+def test_cagrad_near_cancelling_tiny_task_keeps_a_good_direction() -> None:
+    """g = (-1e-61), (1), c = 2 (found by hypothesis): 0 is in the hull, the dual optimum is 0,
+    and the best worst-case improvement is 0. The min-norm solver stops at the tiny task's
+    vertex (the cancelling weight 1e-61 is below its tolerance), whose direction sent d to
+    -0.5, a step that raises the second loss; d must not be worse than g0."""
+    j = np.array([[-1e-61], [1.0]])
+    _, d = run("cagrad", j, c=2.0, rescale=0)
+    g0 = j.mean(axis=0)
+    assert float(np.min(j @ d)) >= float(np.min(j @ g0)) - 1e-12
+    np.testing.assert_allclose(d, g0, atol=1e-12)
