@@ -63,7 +63,11 @@ def test_same_model_same_method_same_shared_gradient() -> None:
     if "imtl_g" not in vs_torchjd.shared_methods():
         pytest.skip("IMTL-G is not in both libraries")
     grads = [_trunk_gradient(library, "imtl_g") for library in ("mtlweight", "torchjd")]
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+    # TorchJD takes the pseudo-inverse of the float32 Gram matrix, we solve in float64: the
+    # two differ by up to 7e-6 of the largest entry (60 float32 ulps, with the rounding of the
+    # BLAS kernels of the machine); another method would differ by O(1).
+    scale = float(grads[0].abs().max())  # type: ignore[attr-defined]
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=5e-5 * scale)
 
 
 def _trunk_gradient(library: str, name: str) -> object:
