@@ -59,6 +59,20 @@ def cagrad_dual(gram: Array, rho: float, *, max_iter: int = 100, tol: float = 1e
     candidates = [b, *np.eye(count)]
     norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))
     largest = float(norms.max())
+    if np.all(norms > 0.0):
+        # Whether 0 is in the hull does not depend on the rows' lengths, but the min-norm
+        # solver, whose tolerances are relative to the largest gradient, stops at a vertex
+        # whose gradient is tiny (1e-61 of the others) instead of cancelling it. On unit
+        # rows it cannot: map the weights back (w_t ~ u_t / ||g_t||).
+        # With 0 in the hull and c >= 1 (rho >= ||g0||) the dual optimum is g_w = 0 (the
+        # objective is at least (c - 1) ||g0|| ||g_w||): return it, whatever the scales.
+        cosines = gram / np.outer(norms, norms)
+        u = min_norm_weights(cosines)
+        unit = u / norms
+        unit /= unit.sum()
+        if math.sqrt(max(float(u @ cosines @ u), 0.0)) <= 1e-7 and rho >= math.sqrt(g0_norm2):
+            return unit
+        candidates.append(unit)
     lo, hi = 0.0, largest
     f_lo, w_lo = gap(lo)
     candidates.append(w_lo)
@@ -152,7 +166,10 @@ class CAGrad(GramWeighting):
     .. note::
         The authors' code solves the dual with ``scipy.optimize.minimize``
         (SLSQP) and adds :math:`10^{-8}` to the norms; this solver is exact up
-        to rounding, also for badly scaled tasks (a gradient :math:`10^{-7}` times the others).
+        to rounding, also for badly scaled tasks (a gradient :math:`10^{-7}` times the
+        others; measured exact down to :math:`10^{-9}`). Far beyond that (:math:`10^{-12}`
+        and less) :math:`w^\star` stays exact in the dual's value, but the direction of a
+        :math:`g_{w^\star}` that small can be lost to rounding.
         Where the dual optimum is :math:`g_{w^\star} = 0` (below
         :math:`10^{-5} \sum_t w^\star_t \lVert g_t \rVert`, a cancellation: zero is in
         the hull of the gradients and :math:`c` is large) the formula for
