@@ -27,6 +27,7 @@ from mtlweight.gradient_level._inputs import (
     task_grads,
     weighted_sum,
 )
+from mtlweight.gradient_level._linear_gram import linear_taps, linear_task_grads
 from mtlweight.gradient_level._task_grads import TaskGrads
 
 __all__ = ["Combination", "GradientMethod", "GramWeighting", "TaskSpecific"]
@@ -168,6 +169,12 @@ class GradientMethod(Weighting):
         #: default: a task's non-finite gradient can then turn another task's
         #: rows into NaN (``0 * inf``), so the error names the wrong task.
         self.batched: bool | None = False
+        #: Take the per-task gradients of shared ``nn.Linear`` layers from their
+        #: activations when the graph allows it (methods of ``G`` alone; see
+        #: :mod:`~mtlweight.gradient_level._linear_gram`): the per-task passes skip the
+        #: weight-gradient products and nothing of size ``T x P`` is formed. ``False``
+        #: always takes the general path (same results up to rounding).
+        self.linear_shortcut = True
 
     @abstractmethod
     def combine(self, jac: Tensor, gram: Tensor, values: Tensor) -> Combination:
@@ -266,7 +273,7 @@ class GradientMethod(Weighting):
                 resolved = self._inputs(None)
                 others = free_to_assemble(tensors, resolved)
             inputs, grads = self.jacobian(names, tensors, representation, extra=others or (),
-                                          inputs=resolved)
+                                          inputs=resolved, assembled=others is not None)
             direction: Tensor | None = None
             if weights is None:
                 self.check_losses(names, values)
@@ -469,6 +476,7 @@ class GradientMethod(Weighting):
         *,
         extra: Sequence[Tensor] = (),
         inputs: list[Tensor] | None = None,
+        assembled: bool = False,
     ) -> tuple[list[Tensor], TaskGrads]:
         """The differentiated inputs and the per-task gradients of the inputs, then of ``extra``.
 
@@ -476,8 +484,14 @@ class GradientMethod(Weighting):
         stopping at the ``representation`` or the shared parameters, averaged
         across processes for shared parameters. ``extra`` tensors (the other
         leaves, when the update is assembled) get their rows too, after the
-        inputs', and the graph is then freed.
+        inputs', and the graph is then freed. ``assembled``: ``extra`` are all the other
+        leaves (the update is assembled from these passes), which allows the shortcut
+        for shared linear layers (:attr:`linear_shortcut`).
         """
+        if assembled and representation is None and inputs is not None:
+            found = self._linear_jacobian(losses, inputs, list(extra))
+            if found is not None:
+                return found
         per_sample = representation is not None
         inputs = self._inputs(representation) if inputs is None else inputs
         grads, reached = self._task_grads(
@@ -492,6 +506,25 @@ class GradientMethod(Weighting):
             del self.statistics["jacobian"]  # T x P numbers: not kept between steps
             grads = TaskGrads.of_rows([*shared, *grads.rows(count)])
         return inputs, grads
+
+    def _linear_jacobian(
+        self, losses: list[Tensor], shared: list[Tensor], others: list[Tensor]
+    ) -> tuple[list[Tensor], TaskGrads] | None:
+        """The per-task gradients of shared linear layers from their activations, if it applies.
+
+        Only for methods of ``G`` alone, with the update assembled from the per-task
+        passes, every shared tensor the weight or bias of an ``nn.Linear`` used once,
+        one process and per-task passes (see :mod:`~mtlweight.gradient_level._linear_gram`);
+        ``None`` otherwise, and the general path runs.
+        """
+        if not self.linear_shortcut or self.needs_matrix or self.batched or is_distributed():
+            return None
+        taps = linear_taps(losses, shared)
+        if taps is None:
+            return None
+        grads, reached = linear_task_grads(losses, taps, shared, others)
+        require_reached(self, reached, shared, False)
+        return shared, grads
 
     def _task_grads(
         self, losses: list[Tensor], targets: list[Tensor], *, keep_graph: bool, matrix: int = 0
