@@ -27,6 +27,12 @@ resident set just before the first step.
     python benchmarks/vs_torchjd.py --quick          # tiny sizes, for a smoke test
     python benchmarks/vs_torchjd.py --methods upgrad mgda --sizes 0.35M
 
+The trunk is all ``nn.Linear``, so mtlweight's methods of ``G`` alone take the
+shortcut for linear layers (Gram entries and update from the layers' activations,
+``linear_shortcut``); a trunk of other layers (convolutions) takes the general path,
+timed too, with the shortcut turned off (column "general path / TorchJD", and GB's
+"general path" figure).
+
 Targets (issue 13): every shared method <= TorchJD's time and step memory at
 both sizes; GB over all shared parameters <= 2.5x a plain step (T per-task
 backward passes and no further one: about (1 + 2T)/3 = 2.33x); Fixed <= 1.03x.
@@ -168,7 +174,7 @@ def make_step(library: str, name: str, width: int, batch: int, device: torch.dev
             torch.autograd.backward(sum(losses))  # type: ignore[arg-type]
         return step
 
-    if library == "mtlweight":
+    if library in ("mtlweight", "mtlweight-general"):
         if name == "gb_all":
             weighting: mw.Weighting = mw.GradientBalance(shared=trunk)
         elif name == "fixed":
@@ -176,6 +182,8 @@ def make_step(library: str, name: str, width: int, batch: int, device: torch.dev
         else:
             weighting = mw.get(name, shared=trunk, tasks=TASKS, **OURS_OPTIONS.get(name, {}))
         weighting = weighting.to(device)
+        if library == "mtlweight-general" and hasattr(weighting, "linear_shortcut"):
+            weighting.linear_shortcut = False  # what a trunk of other layers gets
 
         def step() -> None:
             _, losses = losses_of()
@@ -314,9 +322,11 @@ def run_size(width: int, methods: list[str], batch: int, repeats: int, warmup: i
         "plain": make_step("plain", "plain", width, batch, device),
         "fixed": make_step("mtlweight", "fixed", width, batch, device),
         "gb_all": make_step("mtlweight", "gb_all", width, batch, device),
+        "gb_all_general": make_step("mtlweight-general", "gb_all", width, batch, device),
     }
     for m in methods:
         variants[f"mtlweight/{m}"] = make_step("mtlweight", m, width, batch, device)
+        variants[f"general/{m}"] = make_step("mtlweight-general", m, width, batch, device)
         variants[f"torchjd/{m}"] = make_step("torchjd", m, width, batch, device)
     times = interleaved_medians(variants, repeats=repeats, warmup=warmup, device=device)
     del variants
@@ -340,6 +350,8 @@ def run_size(width: int, methods: list[str], batch: int, repeats: int, warmup: i
     for key in ("fixed", "gb_all"):
         out[key] = {**times[key], "vs_plain": times[key]["median_s"] / plain,
                     **mem("mtlweight", key)}
+    general = times["gb_all_general"]
+    out["gb_all_general"] = {**general, "vs_plain": general["median_s"] / plain}
     out["methods"] = {}
     for m in methods:
         ours, theirs = times[f"mtlweight/{m}"], times[f"torchjd/{m}"]
@@ -348,10 +360,17 @@ def run_size(width: int, methods: list[str], batch: int, repeats: int, warmup: i
             "mtlweight": {**ours, **ours_mem, "vs_plain": ours["median_s"] / plain},
             "torchjd": {**theirs, **theirs_mem, "vs_plain": theirs["median_s"] / plain},
             "time_ratio": ours["median_s"] / theirs["median_s"],
+            "general": {**times[f"general/{m}"],
+                        "vs_plain": times[f"general/{m}"]["median_s"] / plain},
+            "general_time_ratio": times[f"general/{m}"]["median_s"] / theirs["median_s"],
             "step_memory_ratio": (ours_mem["step_mib"] / theirs_mem["step_mib"]
                                   if theirs_mem["step_mib"] > 0 else float("nan")),
         }
     return out
+
+
+def _general(ratio: float | None) -> str:
+    return "" if ratio is None else f"{ratio:.2f}"
 
 
 def _verdict(ok: bool) -> str:
@@ -364,7 +383,7 @@ def tables(results: dict[str, Any]) -> list[str]:
     for size, res in results.items():
         plain = res["plain"]
         rows = [["plain `sum(losses).backward()`", f"{plain['median_s'] * 1e3:.2f}", "", "", "1.00",
-                 "", f"{plain['step_mib']:.1f}", "", ""]]
+                 "", f"{plain['step_mib']:.1f}", "", "", ""]]
         for m, r in res["methods"].items():
             ours, theirs = r["mtlweight"], r["torchjd"]
             ok = r["time_ratio"] <= 1.0 and not r["step_memory_ratio"] > 1.0
@@ -372,15 +391,18 @@ def tables(results: dict[str, Any]) -> list[str]:
                 m, f"{ours['median_s'] * 1e3:.2f}", f"{theirs['median_s'] * 1e3:.2f}",
                 f"{r['time_ratio']:.2f}", f"{ours['vs_plain']:.2f}", f"{theirs['vs_plain']:.2f}",
                 f"{ours['step_mib']:.1f}", f"{theirs['step_mib']:.1f}",
-                _verdict(ok),
+                _general(r.get("general_time_ratio")), _verdict(ok),
             ])
         for key, target in (("gb_all", TARGETS["gb_all"]), ("fixed", TARGETS["fixed"])):
             r = res[key]
+            general = res.get("gb_all_general") if key == "gb_all" else None
             rows.append([f"{key} (mtlweight only)", f"{r['median_s'] * 1e3:.2f}", "", "",
                          f"{r['vs_plain']:.2f}", "", f"{r['step_mib']:.1f}", "",
+                         "" if general is None else f"{general['vs_plain']:.2f}x plain",
                          f"<= {target:.2f}x plain: {_verdict(r['vs_plain'] <= target)}"])
         header = ["method", "mtlweight ms", "TorchJD ms", "ours / TorchJD", "ours / plain",
-                  "TorchJD / plain", "mtlweight step MiB", "TorchJD step MiB", "target"]
+                  "TorchJD / plain", "mtlweight step MiB", "TorchJD step MiB",
+                  "general path / TorchJD", "target"]
         sections += [f"### {size} shared parameters ({res['shared_parameters']:,}, width "
                      f"{res['width']})", "", markdown_table(header, rows), ""]
     return sections

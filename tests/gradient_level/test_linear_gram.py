@@ -11,6 +11,7 @@ general path.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -60,7 +61,7 @@ def mlp(widths: list[int], heads: int, bias: bool = True, seed: int = 0
         ) -> tuple[nn.Sequential, nn.ModuleList]:
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
-    for a, b in zip(widths[:-1], widths[1:], strict=True):
+    for a, b in itertools.pairwise(widths):
         layers += [nn.Linear(a, b, bias=bias), nn.Tanh()]
     trunk = nn.Sequential(*layers).double()
     return trunk, nn.ModuleList(nn.Linear(widths[-1], 1) for _ in range(heads)).double()
