@@ -50,7 +50,10 @@ class GradientBalance(GramWeighting):
     ``statistics["grad_norm"]``), so GB keeps no ``statistics["gram"]``. Their
     cost depends on how deep :math:`\theta` sits: the last layer (the paper's
     choice) or a representation near the output is cheap; all parameters
-    costs ``T`` full backward passes.
+    costs ``T`` full backward passes, except where every shared parameter
+    belongs to an ``nn.Linear`` layer: then the norms come from the layers'
+    activations and the passes skip the weight-gradient products
+    (:attr:`~mtlweight.gradient_level.GradientMethod.linear_shortcut`).
 
     Parameters
     ----------
