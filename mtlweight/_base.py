@@ -16,6 +16,25 @@ from mtlweight.distributed import all_reduce_mean, is_distributed
 __all__ = ["Seeded", "Stateful", "Weighting"]
 
 
+def weighted_total(values: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    r""":math:`\sum_t w_t L_t` in each loss's dtype, with the weights as constants.
+
+    The weights multiply as Python numbers (no tensor to convert, nothing saved for
+    the backward pass) and a weight of exactly 1 adds its loss as it is, so that
+    ``Fixed`` with unit weights builds the graph of ``sum(losses)``.
+    """
+    terms = [
+        (v if v.dim() == 0 else v.reshape(())) if w == 1.0 else v.reshape(()) * w
+        for v, w in zip(values, weights, strict=True)
+    ]
+    if len(terms) == 1 and terms[0] is values[0]:
+        return values[0] * 1.0  # a new tensor, never the caller's own
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
 class Weighting(nn.Module, ABC):
     r"""Base class of the loss-weighting strategies.
 
@@ -118,10 +137,7 @@ class Weighting(nn.Module, ABC):
                 self.tasks = None
             raise
         self._record(names, weights)
-        total = values[0].reshape(()) * weights[0].to(values[0].dtype)
-        for w, v in zip(weights[1:], values[1:], strict=True):
-            total = total + v.reshape(()) * w.to(v.dtype)
-        return total
+        return weighted_total(values, list(self._weights.values()))
 
     def _prepare(self, losses: Losses) -> tuple[list[str], list[Tensor], Tensor]:
         """The checks every call starts with; returns names, losses and detached values.
@@ -134,7 +150,10 @@ class Weighting(nn.Module, ABC):
         self._check_tasks(names)
         check_min_tasks(names, self.min_tasks, type(self).__name__, self._why_min_tasks)
         dtype = torch.float64 if any(v.dtype == torch.float64 for v in values) else torch.float32
-        detached = torch.stack([v.detach().reshape(()).to(dtype) for v in values])
+        if all(v.dtype == dtype and v.dim() == 0 for v in values):  # the usual case: fewer ops
+            detached = torch.stack([v.detach() for v in values])
+        else:
+            detached = torch.stack([v.detach().reshape(()).to(dtype) for v in values])
         if self.sync and is_distributed():
             self._check_finite_everywhere(names, detached)
         check_finite(names, detached, "loss")
@@ -234,9 +253,12 @@ class Weighting(nn.Module, ABC):
             )
 
     def _record(self, names: list[str], weights: Tensor) -> None:
-        self._weights = dict(zip(names, weights.tolist(), strict=True))
-        self.history.append(self._weights)
-        self.step += 1
+        recorded = dict(zip(names, weights.tolist(), strict=True))
+        # plain attributes, set past nn.Module.__setattr__ (its parameter and buffer
+        # checks cost more than the rest of a Fixed step's bookkeeping)
+        self.__dict__["_weights"] = recorded
+        self.__dict__["step"] = self.step + 1
+        self.history.append(recorded)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {

@@ -36,8 +36,10 @@ def graddrop_direction(jac: Tensor, uniform: Tensor, leak: Tensor) -> Tensor:
     >>> graddrop_direction(jac, torch.tensor([0.1, 0.5]), torch.zeros(2))  # keeps 1 and 2 + 1
     tensor([1., 3.])
     """
-    # Row by row, so that the temporaries are (P,) and not (T, P), and the masks are
-    # booleans: at millions of shared parameters they decided GradDrop's time and memory.
+    # Row by row, so that the temporaries are (P,) and not (T, P): at millions of shared
+    # parameters they decided GradDrop's time and memory. M_i g_i is written as
+    # max(g_i, 0) [P > U] + min(g_i, 0) [P < U]: clamps and fused multiply-adds, which
+    # are several times faster than torch.where on the CPU.
     size = torch.zeros_like(jac[0])
     total = torch.zeros_like(jac[0])
     for g in jac:
@@ -46,16 +48,16 @@ def graddrop_direction(jac: Tensor, uniform: Tensor, leak: Tensor) -> Tensor:
     # where every g_i is 0 the total is 0 too: any positive size gives purity 1/2 there
     purity = total.div_(size.clamp_(min=torch.finfo(jac.dtype).tiny)).add_(1.0).mul_(0.5)
     del size
-    up = purity > uniform  # keep the positive entries here
-    down = purity < uniform  # and the negative ones there
+    up = (purity > uniform).to(jac.dtype)  # keep the positive entries here
+    down = (purity < uniform).to(jac.dtype)  # and the negative ones there
     del purity
     d = torch.zeros_like(jac[0])
     for g, ell in zip(jac, leak.tolist(), strict=True):
         if ell > 0.0:
             d.add_(g, alpha=ell)
         if ell < 1.0:
-            kept = torch.where(g > 0, up, down)  # M_i
-            d.add_(torch.where(kept, g, 0.0), alpha=1.0 - ell)  # M_i * g_i
+            d.addcmul_(g.clamp(min=0.0), up, value=1.0 - ell)
+            d.addcmul_(g.clamp(max=0.0), down, value=1.0 - ell)
     return d
 
 

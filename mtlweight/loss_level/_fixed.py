@@ -62,6 +62,7 @@ class Fixed(Weighting):
                 raise ValueError(f"weight of task {label!r} must be finite; found {value}")
         super().__init__(names, **kwargs)  # type: ignore[arg-type]
         self._values = values
+        self._tensors: dict[tuple[tuple[int, ...] | None, torch.device], Tensor] = {}
 
     def _check_tasks(self, names: list[str]) -> None:
         if self.tasks is not None:
@@ -84,5 +85,10 @@ class Fixed(Weighting):
         # ``weights`` reports exactly what was given (0.01, not 0.00999...) even
         # after ``model.half()``; the total is computed in each loss's dtype.
         index = self.task_index(names)
-        chosen = self._values if index is None else [self._values[i] for i in index]
-        return torch.tensor(chosen, dtype=torch.float64, device=values.device)
+        key = (None if index is None else tuple(index), values.device)
+        cached = self._tensors.get(key)
+        if cached is None:  # made once per task order and device: not a buffer (no .half())
+            chosen = self._values if index is None else [self._values[i] for i in index]
+            cached = torch.tensor(chosen, dtype=torch.float64, device=values.device)
+            self._tensors[key] = cached
+        return cached
