@@ -84,7 +84,11 @@ ONE_EPOCH = ["--variant", "shallow", "--patches", "tencrop", "--patch-size", "32
 
 
 def sigint_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
-    """Send this process SIGINT as step ``n`` finishes (as Ctrl-C in a terminal would)."""
+    """Raise SIGINT in the main thread as step ``n`` finishes (as Ctrl-C in a terminal would).
+
+    ``os.kill(os.getpid(), ...)`` may hand the signal to any thread of the process; one CI
+    run saw it handled only after the run had finished.
+    """
     real = mtrain.train_step
     calls = {"n": 0}
 
@@ -92,7 +96,7 @@ def sigint_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
         result = real(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == n:
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # delivered to this (the main) thread
         return result
 
     monkeypatch.setattr(mtrain, "train_step", step)
