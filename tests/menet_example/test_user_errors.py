@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +84,24 @@ ONE_EPOCH = ["--variant", "shallow", "--patches", "tencrop", "--patch-size", "32
              "--texture-mean"]  # one 40x48 pair: 10 crops, 5 steps per epoch
 
 
+@pytest.fixture(autouse=True)
+def default_sigint() -> Iterator[None]:
+    """Python's default SIGINT handler during each test, the previous one restored after.
+
+    Training intercepts Ctrl-C only under the default handler (it leaves a custom one
+    alone); in the full serial suite an earlier test leaves another handler in place, which
+    made the Ctrl-C test train to the end (exit 0) in two clean-clone CI runs.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def sigint_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
     """Raise SIGINT in the main thread as step ``n`` finishes (as Ctrl-C in a terminal would).
 
-    ``os.kill(os.getpid(), ...)`` may hand the signal to any thread of the process; one CI
-    run saw it handled only after the run had finished.
+    ``os.kill(os.getpid(), ...)`` may hand the signal to any thread of the process.
     """
     real = mtrain.train_step
     calls = {"n": 0}
