@@ -65,6 +65,8 @@ def reproduce_command(config: dict[str, Any]) -> str:
               "--no-zero-init-residual"]
     if config.get("clip_grad_norm") is not None:
         parts += ["--clip-grad-norm", f"{config['clip_grad_norm']:g}"]
+    if config.get("amp"):
+        parts.append("--amp")
     return " ".join([*parts, "--out", "RUN"])
 
 
@@ -130,7 +132,8 @@ def render(card: dict[str, Any]) -> str:
         "`rain100-split.json` in Rain100L **and** Rain100H together "
         f"({t['steps']} steps of {t['batch_size']} random {t['patch_size']} px crops, "
         f"{t['weighting'].upper()} weighting, recipe `fast`, texture loss as the "
-        f"{'mean' if t['texture_normalize'] else 'sum'} over Gram entries), "
+        f"{'mean' if t['texture_normalize'] else 'sum'} over Gram entries"
+        f"{', bfloat16 autocast (--amp)' if t.get('amp') else ''}), "
         f"{t['wall_seconds'] / 60:.0f} min wall time on {card['machine']['cpu']} "
         f"({card['machine']['logical_cpus']} logical CPUs, shared with other jobs). "
         f"Stored as float16 safetensors ({card['file_bytes'] / 2**20:.2f} MiB); scores are "
@@ -172,10 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         **{k: config[k] for k in ("patch_size", "batch_size", "patches", "weighting", "gb_shared",
                                   "variant", "lr", "lr_schedule", "clip_grad_norm",
                                   "texture_normalize", "zero_init_residual", "seed", "losses")},
+        "amp": bool(config.get("amp", False)),
     }
     card: dict[str, Any] = {
         "description": "MENET shallow-ca trained on Rain100L + Rain100H train ids (fast recipe"
-                       + ("" if config["texture_normalize"] else ", texture loss summed") + ")",
+                       + ("" if config["texture_normalize"] else ", texture loss summed")
+                       + (", bfloat16 autocast" if config.get("amp") else "") + ")",
         "data": training["data"], "steps": training["steps"], "weighting": config["weighting"],
         "training": training, "command": reproduce_command(config), "machine": machine(),
     }
