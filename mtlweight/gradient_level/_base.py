@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from mtlweight._base import Weighting
+from mtlweight._base import Weighting, weighted_total
 from mtlweight._validation import Losses, check_finite
 from mtlweight.autograd import as_inputs
 from mtlweight.distributed import all_reduce_mean, is_distributed, world_size
@@ -553,10 +553,7 @@ class GradientMethod(Weighting):
 
     @staticmethod
     def _total(tensors: Sequence[Tensor], scale: Tensor) -> Tensor:
-        total = tensors[0].reshape(()) * scale[0].to(tensors[0].dtype)
-        for s, t in zip(scale[1:], tensors[1:], strict=True):
-            total = total + t.reshape(()) * s.to(t.dtype)
-        return total
+        return weighted_total(tensors, scale.tolist())
 
     def _backward_with(
         self, tensors: list[Tensor], scale: Tensor, inputs: list[Tensor], pieces: list[Tensor]

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
-from mtlweight.gradient_level._task_grads import TaskGrads
+from mtlweight.gradient_level._task_grads import TaskGrads, gram_pairs, symmetric
 
 __all__ = ["LinearGrads", "LinearTap", "linear_taps", "linear_task_grads"]
 
@@ -153,9 +153,7 @@ class LinearGrads(TaskGrads):
         if start >= self.count:
             return super().gram(start - self.count, stop - self.count, diagonal_only=diagonal_only)
         count = self.tasks
-        pairs = [(i, i) for i in range(count)] if diagonal_only else [
-            (i, k) for i in range(count) for k in range(i, count)
-        ]
+        pairs = gram_pairs(count, diagonal_only)
         parts: list[Tensor] = []
         for index, tap in enumerate(self.taps):
             x = self._acc(tap.inputs)
@@ -174,12 +172,7 @@ class LinearGrads(TaskGrads):
                 values = [v + torch.dot(sums[i], sums[k]) for v, (i, k) in zip(values, pairs,
                                                                                 strict=True)]
             parts.append(torch.stack(values).double())
-        total = torch.stack(parts).sum(0).cpu()
-        result = torch.zeros(count, count, dtype=torch.float64)
-        index_pairs = torch.tensor(pairs, dtype=torch.long).T
-        result[index_pairs[0], index_pairs[1]] = total
-        result[index_pairs[1], index_pairs[0]] = total
-        return result
+        return symmetric(count, pairs, torch.stack(parts).sum(0).cpu())
 
     def combine(
         self, coefficients: Tensor, start: int = 0, stop: int | None = None, *, in_place: bool

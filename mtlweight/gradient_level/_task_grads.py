@@ -27,6 +27,22 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def gram_pairs(count: int, diagonal_only: bool) -> list[tuple[int, int]]:
+    """The ``(i, k)``, ``i <= k``, of the Gram entries to compute (the diagonal only, or all)."""
+    if diagonal_only:
+        return [(i, i) for i in range(count)]
+    return [(i, k) for i in range(count) for k in range(i, count)]
+
+
+def symmetric(count: int, pairs: list[tuple[int, int]], values: Tensor) -> Tensor:
+    """The ``(T, T)`` float64 matrix with ``values`` at ``pairs`` and their mirror images."""
+    result = torch.zeros(count, count, dtype=torch.float64)
+    index = torch.tensor(pairs, dtype=torch.long).T
+    result[index[0], index[1]] = values
+    result[index[1], index[0]] = values
+    return result
+
+
 def _dense(t: Tensor) -> bool:
     """Whether ``t`` owns every element it shows once (no expanded or overlapping strides)."""
     return (
@@ -130,10 +146,7 @@ class TaskGrads:
         """
         stop = self.targets if stop is None else stop
         count = self.tasks
-        if diagonal_only:
-            pairs = [(i, i) for i in range(count)]
-        else:
-            pairs = [(i, k) for i in range(count) for k in range(i, count)]
+        pairs = gram_pairs(count, diagonal_only)
         parts: list[Tensor] = []
         for i, k in pairs:
             if i == k:  # a norm: one multi-tensor kernel over the targets
@@ -145,12 +158,7 @@ class TaskGrads:
                 for a, b in zip(self.grads[i][start:stop], self.grads[k][start:stop], strict=True)
             ]
             parts.append(torch.stack(dots).double().sum())
-        values = torch.stack(parts).cpu()  # one transfer from an accelerator
-        result = torch.zeros(count, count, dtype=torch.float64)
-        index = torch.tensor(pairs, dtype=torch.long).T
-        result[index[0], index[1]] = values
-        result[index[1], index[0]] = values
-        return result
+        return symmetric(count, pairs, torch.stack(parts).cpu())  # one transfer
 
     def combine(
         self, coefficients: Tensor, start: int = 0, stop: int | None = None, *, in_place: bool
