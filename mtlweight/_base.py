@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Sequence
@@ -150,13 +151,19 @@ class Weighting(nn.Module, ABC):
         self._check_tasks(names)
         check_min_tasks(names, self.min_tasks, type(self).__name__, self._why_min_tasks)
         dtype = torch.float64 if any(v.dtype == torch.float64 for v in values) else torch.float32
-        if all(v.dtype == dtype and v.dim() == 0 for v in values):  # the usual case: fewer ops
-            detached = torch.stack([v.detach() for v in values])
-        else:
+        if values[0].device.type == "cpu":
+            # CPU: read the values (no kernel, no sync to wait for) and check them in Python;
+            # a few tensor ops cost more than the rest of a Fixed step's bookkeeping
+            floats = [v.item() for v in values]
+            detached = torch.tensor(floats, dtype=dtype)
+            finite = all(math.isfinite(f) for f in floats)
+        else:  # one stacked tensor and one sync, not one per task
             detached = torch.stack([v.detach().reshape(()).to(dtype) for v in values])
+            finite = False  # checked below
         if self.sync and is_distributed():
             self._check_finite_everywhere(names, detached)
-        check_finite(names, detached, "loss")
+        if not finite:
+            check_finite(names, detached, "loss")
         return names, values, detached
 
     def _check_finite_everywhere(self, names: list[str], detached: Tensor) -> None:

@@ -16,12 +16,14 @@ from mtlweight.autograd import as_inputs
 from mtlweight.distributed import all_reduce_mean, is_distributed, world_size
 from mtlweight.gradient_level._inputs import (
     Accumulated,
+    GraphCensus,
     SharedInputs,
     add_grad,
     flat,
     free_to_assemble,
     gram,
     graph_leaves,
+    leaves_above,
     require_reached,
     split_columns,
     task_grads,
@@ -267,13 +269,20 @@ class GradientMethod(Weighting):
                 self._record(names, weights.to(values))  # no per-task passes at all
                 torch.autograd.backward(self._total(tensors, weights))
                 return self._done(losses, representation, tensors)
-            others = None
+            others = heads = census = None
             resolved: list[Tensor] | None = None
-            if representation is None and not is_distributed():  # DDP reduces in backward()
-                resolved = self._inputs(None)
-                others = free_to_assemble(tensors, resolved)
-            inputs, grads = self.jacobian(names, tensors, representation, extra=others or (),
-                                          inputs=resolved, assembled=others is not None)
+            if not is_distributed():  # DDP reduces in backward(): every .grad must come from it
+                resolved = self._inputs(representation)
+                if representation is None:
+                    census = GraphCensus()
+                    others = free_to_assemble(tensors, resolved, census)
+                else:
+                    heads = leaves_above(tensors, resolved)
+            inputs, grads = self.jacobian(
+                names, tensors, representation, extra=others or heads or (), inputs=resolved,
+                assembled=others is not None, keep_graph=heads is None and others is None,
+                census=census,
+            )
             direction: Tensor | None = None
             if weights is None:
                 self.check_losses(names, values)
@@ -287,12 +296,17 @@ class GradientMethod(Weighting):
         weights = weights.to(values)
         self._record(names, weights)
         # With the update assembled the graph is gone: task 0's buffers can take the sums.
-        assembled = others is not None
-        pieces = self._pieces(weights, direction, inputs, grads, in_place=assembled)
+        pieces = self._pieces(weights, direction, inputs, grads, in_place=others is not None)
         scale = weights if self.task_specific == "weighted" else torch.ones_like(weights)
         if others is not None:
             rest = grads.combine(scale, len(inputs), in_place=True)
             self._write(inputs, pieces, list(zip(others, rest, strict=True)))
+        elif heads is not None:  # the heads from the passes, then the trunk from d
+            rest = grads.combine(scale, len(inputs), in_place=True)
+            self._write([], [], list(zip(heads, rest, strict=True)))
+            torch.autograd.backward(
+                inputs, [p.view_as(t).to(t.dtype) for t, p in zip(inputs, pieces, strict=True)]
+            )
         else:
             self._backward_with(tensors, scale, inputs, pieces)
         return self._done(losses, representation, tensors)
@@ -477,6 +491,8 @@ class GradientMethod(Weighting):
         extra: Sequence[Tensor] = (),
         inputs: list[Tensor] | None = None,
         assembled: bool = False,
+        keep_graph: bool | None = None,
+        census: GraphCensus | None = None,
     ) -> tuple[list[Tensor], TaskGrads]:
         """The differentiated inputs and the per-task gradients of the inputs, then of ``extra``.
 
@@ -486,16 +502,18 @@ class GradientMethod(Weighting):
         leaves, when the update is assembled) get their rows too, after the
         inputs', and the graph is then freed. ``assembled``: ``extra`` are all the other
         leaves (the update is assembled from these passes), which allows the shortcut
-        for shared linear layers (:attr:`linear_shortcut`).
+        for shared linear layers (:attr:`linear_shortcut`). ``keep_graph``: whether the
+        passes keep the graph (default: unless there are ``extra`` tensors). ``census``: the
+        graph as the walk that found ``extra`` saw it (spares the shortcut a second walk).
         """
         if assembled and representation is None and inputs is not None:
-            found = self._linear_jacobian(losses, inputs, list(extra))
+            found = self._linear_jacobian(losses, inputs, list(extra), census)
             if found is not None:
                 return found
         per_sample = representation is not None
         inputs = self._inputs(representation) if inputs is None else inputs
         grads, reached = self._task_grads(
-            losses, [*inputs, *extra], keep_graph=not extra,
+            losses, [*inputs, *extra], keep_graph=not extra if keep_graph is None else keep_graph,
             matrix=len(inputs) if self.needs_matrix else 0,
         )
         require_reached(self, reached, inputs, per_sample)
@@ -508,7 +526,11 @@ class GradientMethod(Weighting):
         return inputs, grads
 
     def _linear_jacobian(
-        self, losses: list[Tensor], shared: list[Tensor], others: list[Tensor]
+        self,
+        losses: list[Tensor],
+        shared: list[Tensor],
+        others: list[Tensor],
+        census: GraphCensus | None = None,
     ) -> tuple[list[Tensor], TaskGrads] | None:
         """The per-task gradients of shared linear layers from their activations, if it applies.
 
@@ -519,7 +541,7 @@ class GradientMethod(Weighting):
         """
         if not self.linear_shortcut or self.needs_matrix or self.batched or is_distributed():
             return None
-        taps = linear_taps(losses, shared)
+        taps = linear_taps(losses, shared, census)
         if taps is None:
             return None
         grads, reached = linear_task_grads(losses, taps, shared, others)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Accumulated",
+    "GraphCensus",
     "SharedInputs",
     "add_grad",
     "describe",
@@ -26,6 +27,7 @@ __all__ = [
     "gram",
     "graph_leaves",
     "jacobian",
+    "leaves_above",
     "require_reached",
     "split_columns",
     "task_grads",
@@ -293,7 +295,22 @@ def split_columns(jac: Tensor, targets: Sequence[Tensor]) -> list[Tensor]:
     return [p.reshape(jac.shape[0], *t.shape) for p, t in zip(pieces, targets, strict=True)]
 
 
-def free_to_assemble(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> list[Tensor] | None:
+class GraphCensus:
+    """What one walk over the losses' graph saw: every node by id, and its number of parents.
+
+    Filled by :func:`free_to_assemble` so that the linear-layer shortcut
+    (:func:`~mtlweight.gradient_level._linear_gram.linear_taps`) need not walk again.
+    Complete only when that walk returned a list.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: dict[int, Any] = {}
+        self.parents: dict[int, int] = {}
+
+
+def free_to_assemble(
+    losses: Sequence[Tensor], shared: Sequence[Tensor], census: GraphCensus | None = None
+) -> list[Tensor] | None:
     """The other leaves, if the per-task passes to ``shared`` already cover the whole graph.
 
     Walks the graph once. Every node that does not lead to a shared tensor
@@ -301,11 +318,75 @@ def free_to_assemble(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> list
     weight and bias): then asking the per-task passes for those leaves too
     costs next to nothing, and no final backward pass is needed. Otherwise
     (shared = the last layer, with trainable layers below it) ``None``.
+    ``census`` records the nodes and their parent counts on the way.
+    """
+    return _leaves_beside(losses, {id(t) for t in shared}, {}, census)
+
+
+def leaves_above(
+    losses: Sequence[Tensor], representation: Sequence[Tensor]
+) -> list[Tensor] | None:
+    """The leaves between the losses and a representation, if the rest lies below it.
+
+    With these leaves (a head's weight and bias) in the per-task passes to the
+    representation, the final update needs no second pass over the losses'
+    graph: the heads get their combined gradients from those passes, and only
+    the trunk below the representation is backpropagated, from :math:`d`.
+    ``None`` (take the general path) unless every path from the losses to a
+    trainable tensor outside these leaves passes through the representation,
+    none of these leaves is also used below it, no representation lies below
+    another, and each is a non-leaf tensor.
+    """
+    stops: dict[int, set[int]] = {}  # node id -> the output numbers that are representations
+    nodes: list[Any] = []
+    for tensor in representation:
+        if tensor.grad_fn is None:
+            return None  # a leaf representation: rare, take the general path
+        node, number = tensor.grad_fn, tensor.output_nr
+        stops.setdefault(id(node), set()).add(number)
+        nodes.append(node)
+    if any(loss.grad_fn is not None and id(loss.grad_fn) in stops for loss in losses):
+        return None  # a loss that is a representation itself
+    above = _leaves_beside(losses, set(), stops)
+    if above is None:
+        return None
+    # Below the representation: no leaf of the heads, no other representation.
+    head_ids = {id(t) for t in above}
+    visited: set[int] = set()
+    stack = [child for node in nodes for child, _ in node.next_functions if child is not None]
+    while stack:
+        node = stack.pop()
+        key = id(node)
+        if key in visited:
+            continue
+        if key in stops:
+            return None
+        visited.add(key)
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, Tensor):
+            if id(variable) in head_ids:
+                return None
+            continue
+        stack.extend(child for child, _ in node.next_functions if child is not None)
+    return above
+
+
+def _leaves_beside(
+    losses: Sequence[Tensor],
+    shared_ids: set[int],
+    stops: dict[int, set[int]],
+    census: GraphCensus | None = None,
+) -> list[Tensor] | None:
+    """The leaves off the paths to the targets, if every other node leads to targets or leaves.
+
+    Targets are the leaves whose ids are in ``shared_ids`` and the outputs
+    ``stops[id(node)]`` of the nodes in ``stops`` (not walked below). ``None``
+    if a node that reaches no target leads to anything but leaves, if an
+    output of a stop node that is not a target is used, or if a loss is a leaf.
     """
     if any(loss.requires_grad and loss.grad_fn is None for loss in losses):
         return None  # a leaf loss: rare, take the general path
-    shared_ids = {id(t) for t in shared}
-    reaches: dict[int, bool] = {}  # node id -> whether a shared tensor lies below it
+    reaches: dict[int, bool] = {}  # node id -> whether a target lies below it
     leaves: set[int] = set()  # ids of the AccumulateGrad nodes
     children: dict[int, list[Any]] = {}
     keep: list[object] = []  # keeps the nodes alive, so that their ids stay unique
@@ -319,11 +400,13 @@ def free_to_assemble(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> list
             reached = any(reaches[id(c)] for c in below)
             reaches[key] = reached
             if not reached and not all(id(c) in leaves for c in below):
-                return None  # a subgraph without shared tensors that is not just leaves
+                return None  # a subgraph without targets that is not just leaves
             continue
         if key in reaches:
             continue
         keep.append(node)
+        if census is not None:
+            census.nodes[key] = node
         variable = getattr(node, "variable", None)
         if isinstance(variable, Tensor):
             leaves.add(key)
@@ -332,10 +415,22 @@ def free_to_assemble(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> list
                 others.append(variable)
             continue
         reaches[key] = False  # provisional, replaced when done (the graph is acyclic)
-        below = [c for c, _ in node.next_functions if c is not None]
+        below = []
+        for child, number in node.next_functions:
+            if child is None:
+                continue
+            if census is not None:
+                census.parents[id(child)] = census.parents.get(id(child), 0) + 1
+            outputs = stops.get(id(child))
+            if outputs is not None:
+                if number not in outputs:
+                    return None  # another output of a representation's node
+                reaches[id(child)] = True  # a representation: not walked below
+                keep.append(child)
+            below.append(child)
         children[key] = below
         stack.append((node, True))
-        stack.extend((c, False) for c in below)
+        stack.extend((c, False) for c in below if id(c) not in stops)
     return others
 
 
@@ -371,7 +466,13 @@ class Accumulated:
 
 def add_grad(tensor: Tensor, grad: Tensor) -> None:
     """Accumulate ``grad`` into ``tensor.grad`` as ``backward()`` does (``grad`` is not copied)."""
-    grad = grad.detach().to(tensor.dtype).view_as(tensor)
+    # only the conversions that change something: each is a dispatch, per tensor, per step
+    if grad.requires_grad:
+        grad = grad.detach()
+    if grad.dtype != tensor.dtype:
+        grad = grad.to(tensor.dtype)
+    if grad.shape != tensor.shape:
+        grad = grad.view_as(tensor)
     if tensor.grad is None:
         tensor.grad = grad  # a fresh tensor (or a piece of the method's own d)
     else:

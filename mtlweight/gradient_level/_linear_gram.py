@@ -35,7 +35,8 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
-from mtlweight.gradient_level._task_grads import TaskGrads, gram_pairs, symmetric
+from mtlweight.gradient_level._inputs import GraphCensus
+from mtlweight.gradient_level._task_grads import TaskGrads
 
 __all__ = ["LinearGrads", "LinearTap", "linear_taps", "linear_task_grads"]
 
@@ -55,30 +56,35 @@ def _leaf(node: Any) -> Tensor | None:
     return variable if isinstance(variable, Tensor) else None
 
 
-def linear_taps(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> list[LinearTap] | None:
+def linear_taps(
+    losses: Sequence[Tensor], shared: Sequence[Tensor], census: GraphCensus | None = None
+) -> list[LinearTap] | None:
     """The shared tensors as the weights and biases of linear layers used once, else ``None``.
 
-    Walks the graph of ``losses`` once, counting the edges into every node: a
-    shared tensor used twice (tied weights, a layer called twice), or used by
-    anything but a plain linear layer, or a layer whose bias is trainable but
-    not shared, means ``None`` (the general path).
+    Walks the graph of ``losses`` once, counting the edges into every node (or
+    reads a complete ``census`` of that walk): a shared tensor used twice (tied
+    weights, a layer called twice), or used by anything but a plain linear
+    layer, or a layer whose bias is trainable but not shared, means ``None``
+    (the general path).
     """
     if not shared or any(loss.requires_grad and loss.grad_fn is None for loss in losses):
         return None
     shared_ids = {id(t) for t in shared}
-    parents: dict[int, int] = {}
-    seen: dict[int, Any] = {}
-    stack = [loss.grad_fn for loss in losses if loss.grad_fn is not None]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen[id(node)] = node
-        for child, _ in node.next_functions:
-            if child is not None:
-                parents[id(child)] = parents.get(id(child), 0) + 1
-                if id(child) not in seen:
-                    stack.append(child)
+    if census is not None:
+        parents, seen = census.parents, census.nodes
+    else:
+        parents, seen = {}, {}
+        stack = [loss.grad_fn for loss in losses if loss.grad_fn is not None]
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen[id(node)] = node
+            for child, _ in node.next_functions:
+                if child is not None:
+                    parents[id(child)] = parents.get(id(child), 0) + 1
+                    if id(child) not in seen:
+                        stack.append(child)
     taps: list[LinearTap] = []
     covered: set[int] = set()
     for node in seen.values():
@@ -131,6 +137,7 @@ class LinearGrads(TaskGrads):
             if tap.bias is not None:
                 where[id(tap.bias)] = (index, True)
         self.where = [where[id(t)] for t in shared]
+        self._stacked: list[Tensor | None] | None = None
 
     @property
     def tasks(self) -> int:
@@ -146,6 +153,20 @@ class LinearGrads(TaskGrads):
             raise NotImplementedError("LinearGrads serves the shared targets as one block")
         return start, stop
 
+    def stacked(self, index: int) -> Tensor:
+        """``(T, N, d_out)``: each task's :math:`\\Delta` of tap ``index`` (accumulation dtype).
+
+        One copy per tap, kept: the Gram matrix and the combination each take one
+        batched product over the tasks instead of one product per task.
+        """
+        if self._stacked is None:
+            self._stacked = [None] * len(self.taps)
+        found = self._stacked[index]
+        if found is None:
+            found = torch.stack([self._acc(row[index]) for row in self.deltas])
+            self._stacked[index] = found
+        return found
+
     def gram(
         self, start: int = 0, stop: int | None = None, *, diagonal_only: bool = False
     ) -> Tensor:
@@ -153,26 +174,33 @@ class LinearGrads(TaskGrads):
         if start >= self.count:
             return super().gram(start - self.count, stop - self.count, diagonal_only=diagonal_only)
         count = self.tasks
-        pairs = gram_pairs(count, diagonal_only)
-        parts: list[Tensor] = []
+        total: Tensor | None = None
         for index, tap in enumerate(self.taps):
             x = self._acc(tap.inputs)
-            deltas = [self._acc(row[index]) for row in self.deltas]
+            deltas = self.stacked(index)  # (T, N, d_out)
             rows, width_in = x.shape
-            width_out = deltas[0].shape[1]
-            ghost = rows * (width_in + len(pairs) * width_out) < count * width_in * width_out
+            width_out = deltas.shape[2]
+            products = count if diagonal_only else count * count
+            ghost = rows * (width_in + products * width_out) < count * width_in * width_out
             if ghost:  # N x N products: cheaper than forming the d_out x d_in gradients
                 outer = x @ x.T
-                values = [((deltas[i] @ deltas[k].T) * outer).sum() for i, k in pairs]
+                if diagonal_only:  # <D_t D_t^T, x x^T> for each t
+                    part = (torch.bmm(deltas, deltas.transpose(1, 2)) * outer).sum((1, 2))
+                else:  # <D_s D_t^T, x x^T> for every (s, t)
+                    flat = deltas.reshape(count * rows, width_out)
+                    blocks = (flat @ flat.T).view(count, rows, count, rows)
+                    part = (blocks * outer.view(1, rows, 1, rows)).sum((1, 3))
             else:
-                full = [d.T @ x for d in deltas]
-                values = [torch.dot(full[i].reshape(-1), full[k].reshape(-1)) for i, k in pairs]
+                full = torch.matmul(deltas.transpose(1, 2), x).reshape(count, -1)  # (T, P_l)
+                part = full.square().sum(1) if diagonal_only else full @ full.T
             if tap.bias is not None:
-                sums = [d.sum(0) for d in deltas]
-                values = [v + torch.dot(sums[i], sums[k]) for v, (i, k) in zip(values, pairs,
-                                                                                strict=True)]
-            parts.append(torch.stack(values).double())
-        return symmetric(count, pairs, torch.stack(parts).sum(0).cpu())
+                sums = deltas.sum(1)  # (T, d_out)
+                part = part + (sums.square().sum(1) if diagonal_only else sums @ sums.T)
+            part = part.double()
+            total = part if total is None else total + part
+        assert total is not None
+        total = total.cpu()  # one transfer
+        return torch.diag(total) if diagonal_only else (total + total.T) / 2
 
     def combine(
         self, coefficients: Tensor, start: int = 0, stop: int | None = None, *, in_place: bool
@@ -181,12 +209,14 @@ class LinearGrads(TaskGrads):
         if start >= self.count:
             return super().combine(coefficients, start - self.count, stop - self.count,
                                    in_place=in_place)
-        c = [float(v) for v in coefficients.tolist()]
         made: list[tuple[Tensor, Tensor | None]] = []
+        c: Tensor | None = None
         for index, tap in enumerate(self.taps):
-            mixed = self._acc(self.deltas[0][index]) * c[0]
-            for t in range(1, self.tasks):
-                mixed.add_(self._acc(self.deltas[t][index]), alpha=c[t])
+            deltas = self.stacked(index)
+            if c is None:
+                c = coefficients.to(device=deltas.device, dtype=deltas.dtype)
+            count, rows, width_out = deltas.shape
+            mixed = torch.mv(deltas.view(count, -1).T, c).view(rows, width_out)  # sum_t c_t D_t
             weight = mixed.T @ self._acc(tap.inputs)
             made.append((weight, None if tap.bias is None else mixed.sum(0)))
         return [made[i][1] if is_bias else made[i][0]  # type: ignore[misc]
