@@ -257,9 +257,13 @@ class GradientMethod(Weighting):
         When the per-task passes to the shared parameters already cover the
         whole graph (the shared part is the whole trunk, only heads are left),
         they also collect the gradients of the other parameters and the update
-        is assembled from them: no further backward pass. Otherwise the total
-        is backpropagated once with :math:`d` in place of its gradient at the
-        shared inputs.
+        is assembled from them: no further backward pass. With a
+        ``representation=`` whose graph above it holds only task heads (their
+        leaves used nowhere below it), the passes to it also collect the heads'
+        gradients, and only the trunk below it is backpropagated, from
+        :math:`d`: the losses' graph is walked ``T`` times, not ``T + 1``.
+        Otherwise the total is backpropagated once with :math:`d` in place of
+        its gradient at the shared inputs.
         """
         fresh = self.tasks is None
         try:
