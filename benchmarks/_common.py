@@ -129,12 +129,13 @@ def write_docs_results(out: Path | None = None) -> Path:
     ``recipe.md``, ``recipe-3000.md`` (the fast recipe at the issue's budget, made with
     ``recipe.py --rows fast --steps 3000 --patch 128``), ``recipe-amp.md`` (``fast``
     against ``fast+amp``), ``recipe-25min.md`` (``fast+amp`` for 25 minutes of two
-    cores), ``quality.md``; each starts with its own ``##`` heading.
+    cores), ``quality.md``, ``quality-rain100h.md`` (Table I on Rain100H); each starts
+    with its own ``##`` heading.
     """
     path = out if out is not None else DOCS_RESULTS
     parts: list[str] = []
     names = ("overhead", "vs_torchjd", "speed", "recipe", "recipe-3000", "recipe-amp",
-             "recipe-25min", "quality")
+             "recipe-25min", "quality", "quality-rain100h")
     for name in names:
         md = RESULTS / f"{name}.md"
         if md.is_file():

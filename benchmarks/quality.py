@@ -239,7 +239,8 @@ def render_markdown(payload: dict[str, Any]) -> str:
     datasets = [d for d in (DATASETS[k] for k in "LH") if d in table]
     seeds = ", ".join(str(s) for s in cfg["seeds"])
     out = [
-        f"## Quality under a fixed budget (Table I at small scale, {cfg['steps']} steps)",
+        f"## Quality under a fixed budget (Table I at small scale, {', '.join(datasets)}, "
+        f"{cfg['steps']} steps)",
         "",
         f"Measured {mach['date']} on {mach['cpu']} ({mach['logical_cpus']} logical CPUs, "
         f"{cfg['threads']} torch thread(s) per run, torch {mach['torch']}). Budget per run: "
@@ -423,7 +424,7 @@ def _write(json_path: Path, md_path: Path, runs: list[dict[str, Any]], args: arg
     md = render_markdown(payload)
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(md, encoding="utf-8")
-    if md_path.resolve() == (RESULTS / "quality.md").resolve():
+    if md_path.resolve().parent == RESULTS.resolve():  # quality.md, quality-rain100h.md
         write_docs_results()
     return payload
 

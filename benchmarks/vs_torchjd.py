@@ -320,6 +320,8 @@ def run_size(width: int, methods: list[str], batch: int, repeats: int, warmup: i
              ) -> dict[str, Any]:
     variants: dict[str, Callable[[], None]] = {
         "plain": make_step("plain", "plain", width, batch, device),
+        # the same plain step on a second model: how far two identical steps differ
+        "plain_again": make_step("plain", "plain", width, batch, device),
         "fixed": make_step("mtlweight", "fixed", width, batch, device),
         "gb_all": make_step("mtlweight", "gb_all", width, batch, device),
         "gb_all_general": make_step("mtlweight-general", "gb_all", width, batch, device),
@@ -352,6 +354,8 @@ def run_size(width: int, methods: list[str], batch: int, repeats: int, warmup: i
                     **mem("mtlweight", key)}
     general = times["gb_all_general"]
     out["gb_all_general"] = {**general, "vs_plain": general["median_s"] / plain}
+    again = times["plain_again"]
+    out["plain_again"] = {**again, "vs_plain": again["median_s"] / plain}
     out["methods"] = {}
     for m in methods:
         ours, theirs = times[f"mtlweight/{m}"], times[f"torchjd/{m}"]
@@ -384,6 +388,11 @@ def tables(results: dict[str, Any]) -> list[str]:
         plain = res["plain"]
         rows = [["plain `sum(losses).backward()`", f"{plain['median_s'] * 1e3:.2f}", "", "", "1.00",
                  "", f"{plain['step_mib']:.1f}", "", "", ""]]
+        again = res.get("plain_again")
+        if again is not None:  # the timing noise between two identical steps
+            rows.append(["plain again, on a second model (timing noise)",
+                         f"{again['median_s'] * 1e3:.2f}", "", "", f"{again['vs_plain']:.2f}",
+                         "", "", "", "", ""])
         for m, r in res["methods"].items():
             ours, theirs = r["mtlweight"], r["torchjd"]
             ok = r["time_ratio"] <= 1.0 and not r["step_memory_ratio"] > 1.0

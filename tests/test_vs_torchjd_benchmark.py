@@ -43,8 +43,9 @@ def test_quick_run_writes_ratios(tmp_path: Path) -> None:
     assert res["shared_parameters"] == 6 * (16 * 16 + 16)
     plain = res["plain"]["median_s"]
     assert plain > 0
-    for key in ("fixed", "gb_all"):
+    for key in ("fixed", "gb_all", "gb_all_general", "plain_again"):
         assert res[key]["vs_plain"] == pytest.approx(res[key]["median_s"] / plain)
+    assert "plain again, on a second model" in out.with_suffix(".md").read_text()
     assert list(res["methods"]) == methods
     for name, row in res["methods"].items():
         ours, theirs = row["mtlweight"], row["torchjd"]

@@ -19,12 +19,14 @@ from mtlweight.gradient_level._inputs import (
     GraphCensus,
     SharedInputs,
     add_grad,
+    backward_from_cut,
+    cut_task_grads,
     flat,
-    free_to_assemble,
     gram,
     graph_leaves,
     leaves_above,
     require_reached,
+    shared_cut,
     split_columns,
     task_grads,
     weighted_sum,
@@ -257,7 +259,14 @@ class GradientMethod(Weighting):
         When the per-task passes to the shared parameters already cover the
         whole graph (the shared part is the whole trunk, only heads are left),
         they also collect the gradients of the other parameters and the update
-        is assembled from them: no further backward pass. With a
+        is assembled from them: no further backward pass. With trainable layers
+        below the shared parameters (``shared`` the last layer), the passes also
+        take the gradients at the edges into those layers (the *cut*), and only
+        the graph below the cut is backpropagated, once, from their combination:
+        the losses and the shared layers are walked ``T`` times, not ``T + 1``
+        (graphs where a head's leaf is also used below the cut, a loss reaches
+        no shared tensor, or one cut node lies below another take the general
+        path). With a
         ``representation=`` whose graph above it holds only task heads (their
         leaves used nowhere below it), the passes to it also collect the heads'
         gradients, and only the trunk below it is backpropagated, from
@@ -273,20 +282,31 @@ class GradientMethod(Weighting):
                 self._record(names, weights.to(values))  # no per-task passes at all
                 torch.autograd.backward(self._total(tensors, weights))
                 return self._done(losses, representation, tensors)
-            others = heads = census = None
+            others = heads = census = cut = None
             resolved: list[Tensor] | None = None
             if not is_distributed():  # DDP reduces in backward(): every .grad must come from it
                 resolved = self._inputs(representation)
                 if representation is None:
                     census = GraphCensus()
-                    others = free_to_assemble(tensors, resolved, census)
+                    split = shared_cut(tensors, resolved, census)
+                    if split is not None and not split.cut:
+                        others = split.heads  # the shared tensors cover the whole trunk
+                    elif split is not None and self.batched is False:
+                        cut = split
                 else:
                     heads = leaves_above(tensors, resolved)
-            inputs, grads = self.jacobian(
-                names, tensors, representation, extra=others or heads or (), inputs=resolved,
-                assembled=others is not None, keep_graph=heads is None and others is None,
-                census=census,
-            )
+            if cut is not None and resolved is not None:
+                inputs = resolved
+                grads, at_cut = cut_task_grads(
+                    tensors, [*resolved, *cut.heads], cut.cut,
+                    matrix=len(resolved) if self.needs_matrix else 0,
+                )
+            else:
+                inputs, grads = self.jacobian(
+                    names, tensors, representation, extra=others or heads or (),
+                    inputs=resolved, assembled=others is not None,
+                    keep_graph=heads is None and others is None, census=census,
+                )
             direction: Tensor | None = None
             if weights is None:
                 self.check_losses(names, values)
@@ -300,11 +320,16 @@ class GradientMethod(Weighting):
         weights = weights.to(values)
         self._record(names, weights)
         # With the update assembled the graph is gone: task 0's buffers can take the sums.
-        pieces = self._pieces(weights, direction, inputs, grads, in_place=others is not None)
+        pieces = self._pieces(weights, direction, inputs, grads,
+                              in_place=others is not None or cut is not None)
         scale = weights if self.task_specific == "weighted" else torch.ones_like(weights)
         if others is not None:
             rest = grads.combine(scale, len(inputs), in_place=True)
             self._write(inputs, pieces, list(zip(others, rest, strict=True)))
+        elif cut is not None:  # the heads from the passes, then the graph below the cut
+            rest = grads.combine(scale, len(inputs), in_place=True)
+            self._write(inputs, pieces, list(zip(cut.heads, rest, strict=True)))
+            backward_from_cut(cut.cut, at_cut, scale)
         elif heads is not None:  # the heads from the passes, then the trunk from d
             rest = grads.combine(scale, len(inputs), in_place=True)
             self._write([], [], list(zip(heads, rest, strict=True)))

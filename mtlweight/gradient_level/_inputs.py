@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from mtlweight.autograd import as_inputs
 from mtlweight.distributed import all_reduce_mean, is_distributed
@@ -18,17 +19,20 @@ if TYPE_CHECKING:
 __all__ = [
     "Accumulated",
     "GraphCensus",
+    "SharedCut",
     "SharedInputs",
     "add_grad",
+    "backward_from_cut",
+    "cut_task_grads",
     "describe",
     "flat",
-    "free_to_assemble",
     "grad_norm_statistic",
     "gram",
     "graph_leaves",
     "jacobian",
     "leaves_above",
     "require_reached",
+    "shared_cut",
     "split_columns",
     "task_grads",
     "weighted_sum",
@@ -298,7 +302,7 @@ def split_columns(jac: Tensor, targets: Sequence[Tensor]) -> list[Tensor]:
 class GraphCensus:
     """What one walk over the losses' graph saw: every node by id, and its number of parents.
 
-    Filled by :func:`free_to_assemble` so that the linear-layer shortcut
+    Filled by :func:`shared_cut` so that the linear-layer shortcut
     (:func:`~mtlweight.gradient_level._linear_gram.linear_taps`) need not walk again.
     Complete only when that walk returned a list.
     """
@@ -306,21 +310,6 @@ class GraphCensus:
     def __init__(self) -> None:
         self.nodes: dict[int, Any] = {}
         self.parents: dict[int, int] = {}
-
-
-def free_to_assemble(
-    losses: Sequence[Tensor], shared: Sequence[Tensor], census: GraphCensus | None = None
-) -> list[Tensor] | None:
-    """The other leaves, if the per-task passes to ``shared`` already cover the whole graph.
-
-    Walks the graph once. Every node that does not lead to a shared tensor
-    must be a leaf's ``AccumulateGrad`` or lead only to such leaves (a head's
-    weight and bias): then asking the per-task passes for those leaves too
-    costs next to nothing, and no final backward pass is needed. Otherwise
-    (shared = the last layer, with trainable layers below it) ``None``.
-    ``census`` records the nodes and their parent counts on the way.
-    """
-    return _leaves_beside(losses, {id(t) for t in shared}, {}, census)
 
 
 def leaves_above(
@@ -371,11 +360,177 @@ def leaves_above(
     return above
 
 
+class SharedCut:
+    """Where the per-task passes to shared parameters can stop, for the update to need no rerun.
+
+    ``heads``: the other leaves above the cut (reached only through nodes that lead to a
+    shared tensor); ``cut``: the edges into the rest of the graph (below them no shared
+    tensor and no head leaf), empty when the shared tensors cover the whole trunk.
+    """
+
+    def __init__(self, heads: list[Tensor], cut: list[GradientEdge]) -> None:
+        self.heads = heads
+        self.cut = cut
+
+
+def shared_cut(
+    losses: Sequence[Tensor],
+    shared: Sequence[Tensor],
+    census: GraphCensus | None = None,
+    limit: int = 20_000,
+) -> SharedCut | None:
+    """Split the losses' graph at the top of the part that no shared tensor lies in.
+
+    A node *reaches* the shared tensors if one of them lies below it. The nodes
+    that do form the top of the graph; a non-shared leaf hanging from them is a
+    head, and an edge from them into a node that does not reach them is a *cut*
+    edge. The per-task passes then take the gradients of the shared tensors, the
+    heads and the cut edges; the shared tensors get :math:`d`, the heads their
+    combination, and the graph below the cut one backward pass from the combined
+    gradients at the cut: the top of the graph (the losses, the shared layers) is
+    walked ``T`` times, not ``T + 1``. ``None`` (the general path) if a loss is a
+    leaf or reaches no shared tensor, a head leaf is also used below the cut, a
+    cut node lies below another, or the graph has more than ``limit`` nodes (one
+    walk over it every step).
+    """
+    if not losses or any(loss.grad_fn is None for loss in losses if loss.requires_grad):
+        return None
+    shared_ids = {id(t) for t in shared}
+    reaches: dict[int, bool] = {}
+    nodes: dict[int, Any] = {}
+    children: dict[int, list[tuple[Any, int]]] = {}
+    stack: list[tuple[Any, bool]] = [(loss.grad_fn, False) for loss in losses if loss.grad_fn]
+    while stack:  # post-order: a node is settled after all of its children
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            reaches[key] = any(reaches[id(c)] for c, _ in children[key])
+            continue
+        if key in reaches:
+            continue
+        if len(nodes) >= limit:
+            return None
+        nodes[key] = node
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, Tensor):
+            reaches[key] = id(variable) in shared_ids
+            children[key] = []
+            continue
+        reaches[key] = False  # provisional, replaced when done (the graph is acyclic)
+        below = [(c, n) for c, n in node.next_functions if c is not None]
+        children[key] = below
+        if census is not None:
+            for c, _ in below:
+                census.parents[id(c)] = census.parents.get(id(c), 0) + 1
+        stack.append((node, True))
+        stack.extend((c, False) for c, _ in below if id(c) not in reaches)
+    if census is not None:
+        census.nodes.update(nodes)
+    if not all(reaches[id(loss.grad_fn)] for loss in losses if loss.grad_fn is not None):
+        return None  # a loss that reaches no shared tensor
+    def leaf(node: Any) -> Tensor | None:
+        variable = getattr(node, "variable", None)
+        return variable if isinstance(variable, Tensor) else None
+
+    # A node off the shared paths whose children are all leaves, used only from the top
+    # (a head's W.t()), is part of a head: its leaves are heads, not below a cut.
+    head_only = {
+        key for key in nodes
+        if not reaches[key] and children[key]
+        and all(leaf(c) is not None for c, _ in children[key])
+    }
+    head_only -= {id(c) for key in nodes if not reaches[key] and key not in head_only
+                  for c, _ in children[key]}
+    heads: dict[int, Tensor] = {}
+    cut: dict[tuple[int, int], GradientEdge] = {}
+    below_leaves: set[int] = set()
+    cut_nodes: set[int] = set()
+    for key in nodes:
+        top = reaches[key] or key in head_only
+        for child, number in children[key]:
+            variable = leaf(child)
+            if variable is not None:
+                if id(variable) in shared_ids:
+                    continue
+                if top:
+                    heads[id(variable)] = variable
+                else:
+                    below_leaves.add(id(variable))
+            elif top and not reaches[id(child)] and id(child) not in head_only:
+                cut[(id(child), number)] = GradientEdge(child, number)
+                cut_nodes.add(id(child))
+    for key in nodes:  # no cut node below another one
+        if not reaches[key] and key not in head_only and any(
+            id(c) in cut_nodes for c, _ in children[key]
+        ):
+            return None
+    if below_leaves & heads.keys():
+        return None  # a head's leaf also used below the cut (tied)
+    return SharedCut(list(heads.values()), list(cut.values()))
+
+
+def cut_task_grads(
+    losses: Sequence[Tensor],
+    targets: Sequence[Tensor],
+    cut: Sequence[GradientEdge],
+    matrix: int = 0,
+) -> tuple[TaskGrads, list[list[Tensor | None]]]:
+    """Per-task gradients of ``targets`` and of the ``cut`` edges, one pass per task.
+
+    The last pass frees what the passes walked (the graph above the cut); the graph
+    below the cut is kept for the backward pass from it. A cut edge a task does not
+    reach gets ``None``; a target, zeros. ``matrix``: the first ``matrix`` targets'
+    gradients go into one ``(T, P)`` matrix as the passes run (see :func:`task_grads`).
+    """
+    edges = [get_gradient_edge(t) for t in targets] + list(cut)
+    split = len(targets)
+    live = [loss.requires_grad for loss in losses]
+    last = max((i for i, flag in enumerate(live) if flag), default=-1)
+    jac: Tensor | None = None
+    if matrix:
+        size = sum(t.numel() for t in targets[:matrix])
+        jac = torch.empty(len(losses), size, dtype=targets[0].dtype, device=targets[0].device)
+    rows: list[list[Tensor]] = []
+    at_cut: list[list[Tensor | None]] = []
+    for i, loss in enumerate(losses):
+        found: Sequence[Tensor | None] = [None] * len(edges)
+        if live[i]:
+            found = torch.autograd.grad(loss, edges, retain_graph=i < last, allow_unused=True)
+        row = [torch.zeros_like(t) if g is None else g
+               for t, g in zip(targets, found[:split], strict=True)]
+        if jac is not None:
+            torch.cat([g.reshape(-1) for g in row[:matrix]], out=jac[i])
+            row[:matrix] = unflat_row(jac[i], targets[:matrix])
+        rows.append(row)
+        at_cut.append(list(found[split:]))
+    return TaskGrads(rows, matrix=None if jac is None else (matrix, jac)), at_cut
+
+
+def backward_from_cut(
+    cut: Sequence[GradientEdge], at_cut: list[list[Tensor | None]], scale: Tensor
+) -> None:
+    """Backpropagate :math:`\\sum_t s_t g_t` from each cut edge (tasks that miss it add nothing)."""
+    c = [float(v) for v in scale.tolist()]
+    edges: list[GradientEdge] = []
+    grads: list[Tensor] = []
+    for j, edge in enumerate(cut):
+        total: Tensor | None = None
+        for t, row in enumerate(at_cut):
+            g = row[j]
+            if g is None:
+                continue
+            total = g * c[t] if total is None else total.add_(g, alpha=c[t])
+        if total is not None:
+            edges.append(edge)
+            grads.append(total)
+    if edges:
+        torch.autograd.backward(edges, grads)
+
+
 def _leaves_beside(
     losses: Sequence[Tensor],
     shared_ids: set[int],
     stops: dict[int, set[int]],
-    census: GraphCensus | None = None,
 ) -> list[Tensor] | None:
     """The leaves off the paths to the targets, if every other node leads to targets or leaves.
 
@@ -405,8 +560,6 @@ def _leaves_beside(
         if key in reaches:
             continue
         keep.append(node)
-        if census is not None:
-            census.nodes[key] = node
         variable = getattr(node, "variable", None)
         if isinstance(variable, Tensor):
             leaves.add(key)
@@ -419,8 +572,6 @@ def _leaves_beside(
         for child, number in node.next_functions:
             if child is None:
                 continue
-            if census is not None:
-                census.parents[id(child)] = census.parents.get(id(child), 0) + 1
             outputs = stops.get(id(child))
             if outputs is not None:
                 if number not in outputs:
