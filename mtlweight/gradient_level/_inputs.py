@@ -397,15 +397,18 @@ def shared_cut(
         return None
     shared_ids = {id(t) for t in shared}
     reaches: dict[int, bool] = {}
-    nodes: dict[int, Any] = {}
-    children: dict[int, list[tuple[Any, int]]] = {}
-    stack: list[tuple[Any, bool]] = [(loss.grad_fn, False) for loss in losses if loss.grad_fn]
+    variables: dict[int, Tensor] = {}  # leaf node id -> its tensor
+    inner: list[tuple[int, list[tuple[Any, int]]]] = []  # the other nodes and their edges
+    nodes: dict[int, Any] = {}  # keeps every node alive, so that the ids stay unique
+    parents = census.parents if census is not None else None
+    stack: list[Any] = [loss.grad_fn for loss in losses if loss.grad_fn is not None]
     while stack:  # post-order: a node is settled after all of its children
-        node, done = stack.pop()
-        key = id(node)
-        if done:
-            reaches[key] = any(reaches[id(c)] for c, _ in children[key])
+        node = stack.pop()
+        if node is None:  # the marker: the node below it is done
+            key, below = inner[stack.pop()]
+            reaches[key] = any(reaches[id(c)] for c, _ in below)
             continue
+        key = id(node)
         if key in reaches:
             continue
         if len(nodes) >= limit:
@@ -414,56 +417,53 @@ def shared_cut(
         variable = getattr(node, "variable", None)
         if isinstance(variable, Tensor):
             reaches[key] = id(variable) in shared_ids
-            children[key] = []
+            variables[key] = variable
             continue
         reaches[key] = False  # provisional, replaced when done (the graph is acyclic)
-        below = [(c, n) for c, n in node.next_functions if c is not None]
-        children[key] = below
-        if census is not None:
+        below = [edge for edge in node.next_functions if edge[0] is not None]
+        if parents is not None:
             for c, _ in below:
-                census.parents[id(c)] = census.parents.get(id(c), 0) + 1
-        stack.append((node, True))
-        stack.extend((c, False) for c, _ in below if id(c) not in reaches)
+                parents[id(c)] = parents.get(id(c), 0) + 1
+        stack.append(len(inner))
+        stack.append(None)
+        inner.append((key, below))
+        stack.extend(c for c, _ in below if id(c) not in reaches)
     if census is not None:
         census.nodes.update(nodes)
     if not all(reaches[id(loss.grad_fn)] for loss in losses if loss.grad_fn is not None):
         return None  # a loss that reaches no shared tensor
-    def leaf(node: Any) -> Tensor | None:
-        variable = getattr(node, "variable", None)
-        return variable if isinstance(variable, Tensor) else None
-
     # A node off the shared paths whose children are all leaves, used only from the top
     # (a head's W.t()), is part of a head: its leaves are heads, not below a cut.
-    head_only = {
-        key for key in nodes
-        if not reaches[key] and children[key]
-        and all(leaf(c) is not None for c, _ in children[key])
-    }
-    head_only -= {id(c) for key in nodes if not reaches[key] and key not in head_only
-                  for c, _ in children[key]}
+    head_only = {key for key, below in inner
+                 if not reaches[key] and all(id(c) in variables for c, _ in below)}
+    if len(head_only) < sum(not reaches[key] for key, _ in inner):
+        head_only -= {id(c) for key, below in inner
+                      if not reaches[key] and key not in head_only for c, _ in below}
     heads: dict[int, Tensor] = {}
     cut: dict[tuple[int, int], GradientEdge] = {}
     below_leaves: set[int] = set()
     cut_nodes: set[int] = set()
-    for key in nodes:
+    for key, below in inner:
         top = reaches[key] or key in head_only
-        for child, number in children[key]:
-            variable = leaf(child)
+        for child, number in below:
+            ckey = id(child)
+            variable = variables.get(ckey)
             if variable is not None:
-                if id(variable) in shared_ids:
+                if reaches[ckey]:  # a shared tensor
                     continue
                 if top:
                     heads[id(variable)] = variable
                 else:
                     below_leaves.add(id(variable))
-            elif top and not reaches[id(child)] and id(child) not in head_only:
-                cut[(id(child), number)] = GradientEdge(child, number)
-                cut_nodes.add(id(child))
-    for key in nodes:  # no cut node below another one
-        if not reaches[key] and key not in head_only and any(
-            id(c) in cut_nodes for c, _ in children[key]
-        ):
-            return None
+            elif top and not reaches[ckey] and ckey not in head_only:
+                cut[(ckey, number)] = GradientEdge(child, number)
+                cut_nodes.add(ckey)
+    if cut_nodes:
+        for key, below in inner:  # no cut node below another one
+            if not reaches[key] and key not in head_only and any(
+                id(c) in cut_nodes for c, _ in below
+            ):
+                return None
     if below_leaves & heads.keys():
         return None  # a head's leaf also used below the cut (tied)
     return SharedCut(list(heads.values()), list(cut.values()))
