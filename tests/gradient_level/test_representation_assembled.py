@@ -22,6 +22,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
+from update_paths import Counted, Step, assert_same_update
 
 import mtlweight as mw
 import mtlweight.gradient_level._base as base
@@ -52,21 +53,6 @@ def representation_methods() -> list[str]:
 
 
 METHODS = representation_methods()
-
-
-class Counted(torch.autograd.Function):
-    """Identity whose backward calls are counted (how often the losses' graph is walked)."""
-
-    calls = 0
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        Counted.calls += 1
-        return grad
 
 
 class Net(nn.Module):
@@ -110,7 +96,7 @@ def grads_of(
     general: bool,
     monkeypatch: pytest.MonkeyPatch,
     **options: Any,
-) -> tuple[dict[str, float], dict[str, Tensor]]:
+) -> Step:
     """The weights and every parameter's ``.grad`` of one ``backward`` (``general``: old path)."""
     weighting = mw.get(name, task_specific=mode, **options)
     with monkeypatch.context() as patch:
@@ -132,17 +118,9 @@ def check_same(
     monkeypatch: pytest.MonkeyPatch,
     rtol: float = 1e-9,
 ) -> None:
-    w_fast, g_fast = grads_of(net, name, mode, losses, False, monkeypatch)
-    w_gen, g_gen = grads_of(net, name, mode, losses, True, monkeypatch)
-    assert w_fast.keys() == w_gen.keys()
-    for k in w_fast:
-        assert w_fast[k] == pytest.approx(w_gen[k], rel=rtol, abs=1e-12), (name, mode, k)
-    assert g_fast.keys() == g_gen.keys()
-    assert g_fast, "no parameter received a gradient"
-    for k in g_fast:
-        scale = max(float(g_gen[k].abs().max()), 1e-12)
-        torch.testing.assert_close(g_fast[k], g_gen[k], rtol=rtol, atol=rtol * scale,
-                                   msg=f"{name} {mode}: .grad of {k}")
+    fast = grads_of(net, name, mode, losses, False, monkeypatch)
+    general = grads_of(net, name, mode, losses, True, monkeypatch)
+    assert_same_update(fast, general, f"{name} {mode}", rtol)
 
 
 @pytest.mark.parametrize("heads", [True, False], ids=["heads", "no-heads"])
