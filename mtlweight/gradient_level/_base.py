@@ -179,6 +179,13 @@ class GradientMethod(Weighting):
         #: weight-gradient products and nothing of size ``T x P`` is formed. ``False``
         #: always takes the general path (same results up to rounding).
         self.linear_shortcut = True
+        #: With trainable layers below the shared parameters, stop the per-task passes at
+        #: the edges into those layers (the *cut*) and backpropagate them once from the
+        #: combined gradients there, instead of backpropagating the whole total once more.
+        #: Saves a pass over the losses and shared layers; holds the ``T`` per-task
+        #: gradients at the cut (``T`` times the activations there) until the update.
+        #: ``False`` always takes the general path (same results up to rounding).
+        self.cut_shortcut = True
 
     @abstractmethod
     def combine(self, jac: Tensor, gram: Tensor, values: Tensor) -> Combination:
@@ -291,7 +298,7 @@ class GradientMethod(Weighting):
                     split = shared_cut(tensors, resolved, census)
                     if split is not None and not split.cut:
                         others = split.heads  # the shared tensors cover the whole trunk
-                    elif split is not None and self.batched is False:
+                    elif split is not None and self.batched is False and self.cut_shortcut:
                         cut = split
                 else:
                     heads = leaves_above(tensors, resolved)
