@@ -36,6 +36,14 @@ def weighted_total(values: Sequence[Tensor], weights: Sequence[float]) -> Tensor
     return total
 
 
+_NO_VALUES = torch.empty(0)  # the values of a CPU call to a strategy that does not read them
+
+
+def _values_dtype(values: Sequence[Tensor]) -> torch.dtype:
+    """float64 if any loss is float64, else float32: the dtype of the detached values."""
+    return torch.float64 if any(v.dtype == torch.float64 for v in values) else torch.float32
+
+
 class Weighting(nn.Module, ABC):
     r"""Base class of the loss-weighting strategies.
 
@@ -89,6 +97,9 @@ class Weighting(nn.Module, ABC):
 
     min_tasks: int = 1
     _why_min_tasks: str = ""
+    #: Whether :meth:`compute_weights` reads the detached loss values. ``False`` (Fixed)
+    #: lets a CPU call skip building them: ``values`` is then an empty CPU tensor.
+    reads_values: bool = True
 
     def __init__(
         self,
@@ -130,9 +141,9 @@ class Weighting(nn.Module, ABC):
         fresh = self.tasks is None
         try:
             names, values, detached = self._prepare(losses)
-            weights = self.compute_weights(
-                names, values, detached, representation=representation
-            ).detach()
+            weights = self.compute_weights(names, values, detached, representation=representation)
+            if weights.requires_grad:
+                weights = weights.detach()
         except Exception:
             if fresh:  # a failed first call must not fix the task names
                 self.tasks = None
@@ -150,14 +161,16 @@ class Weighting(nn.Module, ABC):
         names, values = normalise_losses(losses)
         self._check_tasks(names)
         check_min_tasks(names, self.min_tasks, type(self).__name__, self._why_min_tasks)
-        dtype = torch.float64 if any(v.dtype == torch.float64 for v in values) else torch.float32
-        if values[0].device.type == "cpu":
+        if values[0].is_cpu:
             # CPU: read the values (no kernel, no sync to wait for) and check them in Python;
             # a few tensor ops cost more than the rest of a Fixed step's bookkeeping
             floats = [v.item() for v in values]
-            detached = torch.tensor(floats, dtype=dtype)
             finite = all(math.isfinite(f) for f in floats)
+            if not self.reads_values and finite and not (self.sync and is_distributed()):
+                return names, values, _NO_VALUES
+            detached = torch.tensor(floats, dtype=_values_dtype(values))
         else:  # one stacked tensor and one sync, not one per task
+            dtype = _values_dtype(values)
             detached = torch.stack([v.detach().reshape(()).to(dtype) for v in values])
             finite = False  # checked below
         if self.sync and is_distributed():

@@ -44,8 +44,11 @@ def normalise_losses(losses: Losses) -> tuple[list[str], list[Tensor]]:
     if not values:
         raise ValueError("losses is empty: give at least one task")
     for name, value in zip(names, values, strict=True):
-        check_scalar(name, value)
-    if len({v.device for v in values}) > 1:
+        # the usual case in as few calls as possible (every step pays for this check)
+        if not (isinstance(value, Tensor) and value.dim() == 0 and value.is_floating_point()):
+            check_scalar(name, value)
+    device = values[0].device
+    if len(values) > 1 and any(v.device != device for v in values[1:]):
         found = ", ".join(f"{n}: {v.device}" for n, v in zip(names, values, strict=True))
         raise ValueError(f"all losses must be on one device; found {found}")
     return names, values

@@ -64,6 +64,8 @@ class Fixed(Weighting):
         self._values = values
         self._tensors: dict[tuple[tuple[int, ...] | None, torch.device], Tensor] = {}
 
+    reads_values = False  # the weights are the given numbers: no loss value is needed
+
     def _check_tasks(self, names: list[str]) -> None:
         if self.tasks is not None:
             super()._check_tasks(names)

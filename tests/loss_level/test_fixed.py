@@ -159,3 +159,22 @@ def test_permutation_equivariance_by_name(model: TinyMultiTask, permutation: lis
     check_permutation_equivariance(
         lambda: mw.Fixed({"pixel": 1.0, "edge": 1e-2, "texture": 0.3}), model.losses, permutation
     )
+
+
+def test_cpu_call_builds_no_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fixed reads no loss value: a CPU call hands compute_weights an empty tensor (no ops)."""
+    fixed = mw.Fixed({"a": 2.0, "b": 0.5})
+    seen: list[torch.Tensor] = []
+    real = mw.Fixed.compute_weights
+
+    def spy(self: mw.Fixed, names: list[str], losses: list[torch.Tensor],
+            values: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        seen.append(values)
+        return real(self, names, losses, values)
+
+    monkeypatch.setattr(mw.Fixed, "compute_weights", spy)
+    a = torch.tensor(3.0, requires_grad=True)
+    total = fixed({"a": a * 1.0, "b": a * 4.0})
+    assert seen[0].numel() == 0
+    assert float(total.detach()) == pytest.approx(2.0 * 3.0 + 0.5 * 12.0)
+    assert fixed.weights == {"a": 2.0, "b": 0.5}
