@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = json.loads(json_path.read_text(encoding="utf-8"))
         md_path = args.markdown or json_path.with_suffix(".md")
         md_path.write_text(render_markdown(payload), encoding="utf-8")
-        if md_path.resolve() == (RESULTS / "quality.md").resolve():
+        if md_path.resolve().parent == RESULTS.resolve():  # quality.md, quality-rain100h.md
             write_docs_results()
         print(f"wrote {md_path}")
         return 0
