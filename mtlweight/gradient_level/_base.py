@@ -179,13 +179,18 @@ class GradientMethod(Weighting):
         #: weight-gradient products and nothing of size ``T x P`` is formed. ``False``
         #: always takes the general path (same results up to rounding).
         self.linear_shortcut = True
-        #: With trainable layers below the shared parameters, stop the per-task passes at
-        #: the edges into those layers (the *cut*) and backpropagate them once from the
-        #: combined gradients there, instead of backpropagating the whole total once more.
-        #: Saves a pass over the losses and shared layers; holds the ``T`` per-task
-        #: gradients at the cut (``T`` times the activations there) until the update.
-        #: ``False`` always takes the general path (same results up to rounding).
-        self.cut_shortcut = True
+        #: Assemble the update from the per-task passes where the graph allows it: the
+        #: heads' gradients from those passes, and below the shared inputs (a cut into
+        #: the layers under shared parameters, or the trunk under a ``representation=``)
+        #: one backward pass from the combined gradients there, instead of backpropagating
+        #: the whole total once more. Saves a pass over the losses and the shared layers;
+        #: holds the ``T`` per-task gradients at the cut (``T`` times the activations
+        #: there) until the update, and writes the ``.grad`` of the shared inputs and the
+        #: heads directly, so hooks that autograd runs when it accumulates a gradient
+        #: (``register_post_accumulate_grad_hook``) do not fire for those. ``False``
+        #: always backpropagates the total once more with :math:`d` in place (every
+        #: ``.grad`` written by autograd; same results up to rounding).
+        self.assemble = True
 
     @abstractmethod
     def combine(self, jac: Tensor, gram: Tensor, values: Tensor) -> Combination:
@@ -291,14 +296,15 @@ class GradientMethod(Weighting):
                 return self._done(losses, representation, tensors)
             others = heads = census = cut = None
             resolved: list[Tensor] | None = None
-            if not is_distributed():  # DDP reduces in backward(): every .grad must come from it
+            # DDP reduces in backward(): every .grad must come from it
+            if self.assemble and not is_distributed():
                 resolved = self._inputs(representation)
                 if representation is None:
                     census = GraphCensus()
                     split = shared_cut(tensors, resolved, census)
                     if split is not None and not split.cut:
                         others = split.heads  # the shared tensors cover the whole trunk
-                    elif split is not None and self.batched is False and self.cut_shortcut:
+                    elif split is not None and self.batched is False:
                         cut = split
                 else:
                     heads = leaves_above(tensors, resolved)

@@ -277,3 +277,20 @@ def test_property_same_as_general_path(
     net = Net(width=width, tasks=tasks, heads=heads, seed=seed)
     with pytest.MonkeyPatch.context() as monkeypatch:
         check_same(net, name, mode, net.losses, monkeypatch, rtol=1e-7)
+
+
+def test_assemble_off() -> None:
+    """``assemble = False``: the losses' graph walked T + 1 times, the same gradients."""
+    net = Net(heads=True)
+    results = []
+    for flag in (True, False):
+        gb = mw.GradientBalance()
+        gb.assemble = flag
+        net.zero_grad(set_to_none=True)
+        Counted.calls = 0
+        z, losses = net.losses(counted=True)
+        weights = gb.backward(losses, representation=z)
+        results.append(((weights, {n: p.grad.clone() for n, p in net.named_parameters()}),
+                        Counted.calls))
+    assert [calls for _, calls in results] == [net.tasks, net.tasks + 1]
+    assert_same_update(results[0][0], results[1][0], "assemble")

@@ -264,17 +264,35 @@ def test_property_same_as_general_path(
         check_same(net, name, mode, net.losses, monkeypatch, rtol=1e-7)
 
 
-def test_cut_shortcut_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``cut_shortcut = False``: the general path (T + 1 walks), the same gradients."""
+def test_assemble_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``assemble = False``: the general path (T + 1 walks), the same gradients."""
     net = Net(heads=True)
     results = []
     for flag in (True, False):
         gb = mw.GradientBalance(shared=net.last)
-        gb.cut_shortcut = flag
+        gb.assemble = flag
         net.zero_grad(set_to_none=True)
         Counted.calls = 0
         weights = gb.backward(net.losses(counted=True))
         results.append(((weights, {n: p.grad.clone() for n, p in net.named_parameters()}),
                         Counted.calls))
     assert [calls for _, calls in results] == [net.tasks, net.tasks + 1]
-    assert_same_update(results[0][0], results[1][0], "cut_shortcut")
+    assert_same_update(results[0][0], results[1][0], "assemble")
+
+
+@pytest.mark.parametrize("where", ["shared", "head"])
+def test_post_accumulate_hooks_fire_without_assembly(where: str) -> None:
+    """Hooks that autograd runs on accumulation fire once per step with ``assemble = False``."""
+    net = Net(heads=True)
+    param = net.last.weight if where == "shared" else net.heads[0].weight  # type: ignore[index]
+    fired: list[Tensor] = []
+    handle = param.register_post_accumulate_grad_hook(lambda p: fired.append(p.grad.clone()))
+    try:
+        gb = mw.GradientBalance(shared=net.last)
+        gb.assemble = False
+        net.zero_grad(set_to_none=True)
+        gb.backward(net.losses())
+    finally:
+        handle.remove()
+    assert len(fired) == 1
+    torch.testing.assert_close(fired[0], param.grad)
