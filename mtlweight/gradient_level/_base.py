@@ -336,21 +336,20 @@ class GradientMethod(Weighting):
         pieces = self._pieces(weights, direction, inputs, grads,
                               in_place=others is not None or cut is not None)
         scale = weights if self.task_specific == "weighted" else torch.ones_like(weights)
-        if others is not None:
-            rest = grads.combine(scale, len(inputs), in_place=True)
-            self._write(inputs, pieces, list(zip(others, rest, strict=True)))
-        elif cut is not None:  # the heads from the passes, then the graph below the cut
-            rest = grads.combine(scale, len(inputs), in_place=True)
-            self._write(inputs, pieces, list(zip(cut.heads, rest, strict=True)))
+        leaves = heads if representation is not None else others if cut is None else cut.heads
+        if leaves is None:
+            self._backward_with(tensors, scale, inputs, pieces)
+            return self._done(losses, representation, tensors)
+        # Assembled: the heads from the passes, then what lies below the shared inputs
+        rest = grads.combine(scale, len(inputs), in_place=True)
+        shared = [] if representation is not None else inputs  # d goes below a representation
+        self._write(shared, pieces[: len(shared)], list(zip(leaves, rest, strict=True)))
+        if cut is not None:  # the graph below the cut, from the combined gradients there
             backward_from_cut(cut.cut, at_cut, scale)
-        elif heads is not None:  # the heads from the passes, then the trunk from d
-            rest = grads.combine(scale, len(inputs), in_place=True)
-            self._write([], [], list(zip(heads, rest, strict=True)))
+        elif representation is not None:  # the trunk below the representation, from d
             torch.autograd.backward(
                 inputs, [p.view_as(t).to(t.dtype) for t, p in zip(inputs, pieces, strict=True)]
             )
-        else:
-            self._backward_with(tensors, scale, inputs, pieces)
         return self._done(losses, representation, tensors)
 
     def _done(

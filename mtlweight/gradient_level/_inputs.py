@@ -336,9 +336,10 @@ def leaves_above(
         nodes.append(node)
     if any(loss.grad_fn is not None and id(loss.grad_fn) in stops for loss in losses):
         return None  # a loss that is a representation itself
-    above = _leaves_beside(losses, set(), stops)
-    if above is None:
-        return None
+    split = shared_cut(losses, [], stops=stops)
+    if split is None or split.cut:
+        return None  # a path to trainable tensors around the representation
+    above = split.heads
     # Below the representation: no leaf of the heads, no other representation.
     head_ids = {id(t) for t in above}
     visited: set[int] = set()
@@ -378,6 +379,7 @@ def shared_cut(
     shared: Sequence[Tensor],
     census: GraphCensus | None = None,
     limit: int = 20_000,
+    stops: dict[int, set[int]] | None = None,
 ) -> SharedCut | None:
     """Split the losses' graph at the top of the part that no shared tensor lies in.
 
@@ -391,7 +393,9 @@ def shared_cut(
     walked ``T`` times, not ``T + 1``. ``None`` (the general path) if a loss is a
     leaf or reaches no shared tensor, a head leaf is also used below the cut, a
     cut node lies below another, or the graph has more than ``limit`` nodes (one
-    walk over it every step).
+    walk over it every step). ``stops`` (node id -> output numbers): outputs that
+    count as shared tensors and are not walked below (a representation); another
+    output of such a node in use means ``None``.
     """
     if not losses or any(loss.grad_fn is None for loss in losses if loss.requires_grad):
         return None
@@ -421,6 +425,14 @@ def shared_cut(
             continue
         reaches[key] = False  # provisional, replaced when done (the graph is acyclic)
         below = [edge for edge in node.next_functions if edge[0] is not None]
+        if stops:
+            for c, number in below:
+                outputs = stops.get(id(c))
+                if outputs is not None:
+                    if number not in outputs:
+                        return None  # another output of a representation's node
+                    reaches[id(c)] = True  # a representation: not walked below
+                    nodes[id(c)] = c
         if parents is not None:
             for c, _ in below:
                 parents[id(c)] = parents.get(id(c), 0) + 1
@@ -525,64 +537,6 @@ def backward_from_cut(
             grads.append(total)
     if edges:
         torch.autograd.backward(edges, grads)
-
-
-def _leaves_beside(
-    losses: Sequence[Tensor],
-    shared_ids: set[int],
-    stops: dict[int, set[int]],
-) -> list[Tensor] | None:
-    """The leaves off the paths to the targets, if every other node leads to targets or leaves.
-
-    Targets are the leaves whose ids are in ``shared_ids`` and the outputs
-    ``stops[id(node)]`` of the nodes in ``stops`` (not walked below). ``None``
-    if a node that reaches no target leads to anything but leaves, if an
-    output of a stop node that is not a target is used, or if a loss is a leaf.
-    """
-    if any(loss.requires_grad and loss.grad_fn is None for loss in losses):
-        return None  # a leaf loss: rare, take the general path
-    reaches: dict[int, bool] = {}  # node id -> whether a target lies below it
-    leaves: set[int] = set()  # ids of the AccumulateGrad nodes
-    children: dict[int, list[Any]] = {}
-    keep: list[object] = []  # keeps the nodes alive, so that their ids stay unique
-    others: list[Tensor] = []
-    stack: list[tuple[Any, bool]] = [(loss.grad_fn, False) for loss in losses if loss.grad_fn]
-    while stack:  # post-order: a node is settled after all of its children
-        node, done = stack.pop()
-        key = id(node)
-        if done:
-            below = children[key]
-            reached = any(reaches[id(c)] for c in below)
-            reaches[key] = reached
-            if not reached and not all(id(c) in leaves for c in below):
-                return None  # a subgraph without targets that is not just leaves
-            continue
-        if key in reaches:
-            continue
-        keep.append(node)
-        variable = getattr(node, "variable", None)
-        if isinstance(variable, Tensor):
-            leaves.add(key)
-            reaches[key] = id(variable) in shared_ids
-            if not reaches[key]:
-                others.append(variable)
-            continue
-        reaches[key] = False  # provisional, replaced when done (the graph is acyclic)
-        below = []
-        for child, number in node.next_functions:
-            if child is None:
-                continue
-            outputs = stops.get(id(child))
-            if outputs is not None:
-                if number not in outputs:
-                    return None  # another output of a representation's node
-                reaches[id(child)] = True  # a representation: not walked below
-                keep.append(child)
-            below.append(child)
-        children[key] = below
-        stack.append((node, True))
-        stack.extend((c, False) for c in below if id(c) not in stops)
-    return others
 
 
 class Accumulated:
