@@ -82,6 +82,67 @@ def interleaved_medians(
     return result
 
 
+def paired_ratios(
+    a: Callable[[], object],
+    b: Callable[[], object],
+    *,
+    pairs: int,
+    warmup: int,
+    device: torch.device,
+    clock: Callable[[], float] = time.perf_counter,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The ratio of ``b``'s time to ``a``'s, measured in back-to-back pairs.
+
+    Each of ``pairs`` pairs times one call of ``a`` and one of ``b`` next to
+    each other, in the order a b, then b a in the next pair (so that neither
+    always runs second, on warmer caches), and takes the pair's ratio
+    ``t_b / t_a``. Slow drifts of the machine cancel within a pair, so the
+    median of the pair ratios resolves far smaller differences than two
+    medians taken apart. Returns that median, a 95 % bootstrap interval of it
+    (``resamples`` resamples of the pairs), the median times of each and the
+    ratio of those medians. ``clock`` is for tests.
+    """
+    if pairs < 1:
+        raise ValueError(f"pairs must be >= 1, got {pairs}")
+    for _ in range(warmup):
+        a()
+        b()
+    synchronize(device)
+
+    def timed(fn: Callable[[], object]) -> float:
+        synchronize(device)
+        start = clock()
+        fn()
+        synchronize(device)
+        return clock() - start
+
+    ta: list[float] = []
+    tb: list[float] = []
+    for i in range(pairs):
+        if i % 2 == 0:
+            ta.append(timed(a))
+            tb.append(timed(b))
+        else:
+            tb.append(timed(b))
+            ta.append(timed(a))
+    ratios = [y / x for x, y in zip(ta, tb, strict=True)]
+    gen = torch.Generator().manual_seed(seed)
+    r = torch.tensor(ratios, dtype=torch.float64)
+    idx = torch.randint(len(ratios), (resamples, len(ratios)), generator=gen)
+    medians = r[idx].median(dim=1).values  # torch's median: the lower middle value
+    lo, hi = torch.quantile(medians, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {
+        "pairs": pairs,
+        "ratio_median": statistics.median(ratios),
+        "ratio_ci95": [lo, hi],
+        "a_median_s": statistics.median(ta),
+        "b_median_s": statistics.median(tb),
+        "ratio_of_medians": statistics.median(tb) / statistics.median(ta),
+    }
+
+
 def rss_mib(field: str = "VmHWM") -> float:
     """This process's peak (``VmHWM``) or current (``VmRSS``) resident set in MiB (Linux).
 
@@ -125,7 +186,8 @@ DOCS_RESULTS = Path(__file__).resolve().parents[1] / "docs" / "_generated" / "re
 def write_docs_results(out: Path | None = None) -> Path:
     """Assemble ``docs/_generated/results.md`` from the Markdown files under ``results/``.
 
-    Sections, in order, for those present: ``overhead.md``, ``vs_torchjd.md``, ``speed.md``,
+    Sections, in order, for those present: ``overhead.md``, ``vs_torchjd.md``,
+    ``fixed_overhead.md`` (Fixed against a plain step, in pairs on one model), ``speed.md``,
     ``recipe.md``, ``recipe-3000.md`` (the fast recipe at the issue's budget, made with
     ``recipe.py --rows fast --steps 3000 --patch 128``), ``recipe-amp.md`` (``fast``
     against ``fast+amp``), ``recipe-25min.md`` (``fast+amp`` for 25 minutes of two
@@ -134,8 +196,8 @@ def write_docs_results(out: Path | None = None) -> Path:
     """
     path = out if out is not None else DOCS_RESULTS
     parts: list[str] = []
-    names = ("overhead", "vs_torchjd", "speed", "recipe", "recipe-3000", "recipe-amp",
-             "recipe-25min", "quality", "quality-rain100h")
+    names = ("overhead", "vs_torchjd", "fixed_overhead", "speed", "recipe", "recipe-3000",
+             "recipe-amp", "recipe-25min", "quality", "quality-rain100h")
     for name in names:
         md = RESULTS / f"{name}.md"
         if md.is_file():

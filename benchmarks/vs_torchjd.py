@@ -133,8 +133,11 @@ def torchjd_aggregator(name: str) -> Any:
     return cls(**options)
 
 
-def build_model(width: int, batch: int, device: torch.device, seed: int = 0
-                ) -> tuple[nn.Sequential, nn.ModuleList, torch.Tensor, torch.Tensor]:
+Model = tuple[nn.Sequential, nn.ModuleList, torch.Tensor, torch.Tensor]
+
+
+def build_model(width: int, batch: int, device: torch.device, seed: int = 0) -> Model:
+    """The trunk, the heads, one batch of inputs and one of targets."""
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
     for _ in range(DEPTH):
@@ -150,14 +153,16 @@ def shared_parameters(width: int) -> int:
     return DEPTH * (width * width + width)
 
 
-def make_step(library: str, name: str, width: int, batch: int, device: torch.device
-              ) -> Callable[[], None]:
+def make_step(library: str, name: str, width: int, batch: int, device: torch.device,
+              model: Model | None = None) -> Callable[[], None]:
     """One training step (no optimizer update) of ``name`` in ``library``.
 
     ``library`` is ``"plain"``, ``"mtlweight"`` or ``"torchjd"``; for mtlweight
     ``name`` may also be ``"gb_all"`` (GB over every shared parameter) or ``"fixed"``.
+    ``model`` (from :func:`build_model`) lets two steps share one model; by default
+    each step builds its own.
     """
-    trunk, heads, x, y = build_model(width, batch, device)
+    trunk, heads, x, y = model if model is not None else build_model(width, batch, device)
     shared = list(trunk.parameters())
     params = [*shared, *heads.parameters()]
 

@@ -8,7 +8,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from mtlweight._base import Weighting
+from mtlweight._base import _NO_VALUES, Weighting, weighted_total
+from mtlweight._validation import Losses, check_finite, normalise_losses
+from mtlweight.distributed import is_distributed
 
 __all__ = ["Fixed"]
 
@@ -63,8 +65,55 @@ class Fixed(Weighting):
         super().__init__(names, **kwargs)  # type: ignore[arg-type]
         self._values = values
         self._tensors: dict[tuple[tuple[int, ...] | None, torch.device], Tensor] = {}
+        # task names in call order -> the weights by name and as a list (checked names only)
+        self._seen: dict[tuple[str, ...], tuple[dict[str, float], list[float]]] = {}
 
     reads_values = False  # the weights are the given numbers: no loss value is needed
+
+    def forward(self, losses: Losses, *, representation: Tensor | None = None) -> Tensor:
+        """Return :math:`\\sum_t w_t L_t`; see :meth:`Weighting.forward`.
+
+        On the CPU (outside a distributed run) the losses are checked for NaN and
+        infinity through the total alone: a sum of terms is finite only if every
+        term is, so one ``.item()`` serves, and only a non-finite total reads each
+        loss to name the task. A dict of losses with names in an order already
+        seen takes a shorter path still (its names were checked then). On a
+        small model a few microseconds of Python between the forward and the
+        backward pass cost the step several times their own time (the code and
+        data they touch have left the caches; ``benchmarks/fixed_overhead.py``),
+        so these paths touch as little as they can.
+        """
+        if type(losses) is dict and not (self.sync and is_distributed()):
+            seen = self._seen.get(tuple(losses))
+            if seen is not None:
+                total = _checked_total(list(losses.values()), seen[1])
+                if total is not None:
+                    self._record_floats(seen[0])
+                    return total
+        # the first call with these names in this order, another container, CUDA, a
+        # distributed run, or a loss the short path does not accept: every check
+        names, values = normalise_losses(losses)
+        if not values[0].is_cpu or (self.sync and is_distributed()):
+            return super().forward(losses, representation=representation)
+        self._check_tasks(names)
+        key = tuple(names)
+        seen = self._seen.get(key)
+        if seen is None:
+            weights = self.compute_weights(names, values, _NO_VALUES).tolist()
+            seen = self._seen[key] = (dict(zip(names, weights, strict=True)), weights)
+        total = weighted_total(values, seen[1])
+        if not math.isfinite(total.item()):  # name the task; an overflow of the sum passes
+            check_finite(names, torch.tensor([v.item() for v in values], dtype=torch.float64),
+                         "loss")
+        self._record_floats(seen[0])
+        return total
+
+    def _record_floats(self, weights: dict[str, float]) -> None:
+        """:meth:`Weighting._record` from the floats (a new dict per step, as there)."""
+        recorded = dict(weights)
+        self.__dict__["_weights"] = recorded
+        self.__dict__["step"] = self.step + 1
+        self.history.append(recorded)
 
     def _check_tasks(self, names: list[str]) -> None:
         if self.tasks is not None:
@@ -94,3 +143,21 @@ class Fixed(Weighting):
             cached = torch.tensor(chosen, dtype=torch.float64, device=values.device)
             self._tensors[key] = cached
         return cached
+
+
+def _checked_total(values: list[Tensor], weights: list[float]) -> Tensor | None:
+    """The weighted total of CPU scalar losses, or ``None`` to take the full checks.
+
+    ``None`` when a value is not a 0-d floating tensor on the CPU (a tensor on
+    another device moves the total off the CPU) or when the total is not finite;
+    the full path then names the task, or passes an overflowing sum as it would.
+    """
+    for v in values:
+        if not (isinstance(v, Tensor) and v.dim() == 0 and v.is_floating_point()):
+            return None
+    if len(values) != len(weights) or not values[0].is_cpu:
+        return None
+    total = weighted_total(values, weights)
+    if not total.is_cpu or not math.isfinite(total.item()):
+        return None
+    return total

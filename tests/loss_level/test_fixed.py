@@ -13,6 +13,8 @@ from helpers import (
     check_total_gradient,
     check_weights,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mtlweight as mw
 
@@ -178,3 +180,117 @@ def test_cpu_call_builds_no_values(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seen[0].numel() == 0
     assert float(total.detach()) == pytest.approx(2.0 * 3.0 + 0.5 * 12.0)
     assert fixed.weights == {"a": 2.0, "b": 0.5}
+
+
+# --------------------------------------------------------------- the CPU fast path
+# Fixed.forward checks the losses through their total (one .item()); these tests hold it
+# to what the general path (Weighting.forward) does with the same call.
+
+_finite = st.floats(-1e6, 1e6, allow_nan=False, width=32)
+_weight = st.sampled_from([0.0, 1.0, 0.5, 1e-2, 3.0, -2.0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(_finite, min_size=1, max_size=5), data=st.data())
+def test_fast_path_matches_general_path(values: list[float], data: st.DataObject) -> None:
+    weights = data.draw(st.lists(_weight, min_size=len(values), max_size=len(values)))
+    names = [f"t{i}" for i in range(len(values))]
+    order = data.draw(st.permutations(names))
+    given_weights = dict(zip(names, weights, strict=True))
+    fast, general = mw.Fixed(given_weights), mw.Fixed(given_weights)
+    for _ in range(2):  # the second call reads the cached weights
+        losses = {n: torch.tensor(values[names.index(n)]) for n in order}
+        total = fast(losses)
+        expected = mw.Weighting.forward(general, losses)
+        assert torch.equal(total, expected)
+        assert fast.weights == general.weights and list(fast.weights) == order
+    assert fast.step == general.step == 2
+    assert list(fast.history) == list(general.history)
+    assert fast.history[0] is not fast.history[1]  # one dict per step, as the general path
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(_finite, min_size=2, max_size=5), data=st.data())
+def test_fast_path_names_the_non_finite_task(values: list[float], data: st.DataObject) -> None:
+    bad_at = data.draw(st.integers(0, len(values) - 1))
+    bad = data.draw(st.sampled_from([math.nan, math.inf, -math.inf]))
+    weights = data.draw(st.lists(_weight, min_size=len(values), max_size=len(values)))
+    warm = data.draw(st.booleans())  # a first, finite call: the names' order is then known
+    fixed = mw.Fixed({f"t{i}": w for i, w in enumerate(weights)})
+    if warm:
+        fixed({f"t{i}": torch.tensor(v) for i, v in enumerate(values)})
+    values[bad_at] = bad
+    with pytest.raises(FloatingPointError, match=rf"loss of task 't{bad_at}' is not finite"):
+        fixed({f"t{i}": torch.tensor(v) for i, v in enumerate(values)})
+    assert fixed.step == len(fixed.history) == int(warm)  # the refusal records nothing
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "match"),
+    [
+        (torch.ones(2), ValueError, r"task 'b' must be a scalar tensor; found shape \(2,\)"),
+        (torch.tensor(2), ValueError, r"task 'b' must be floating point; found torch.int64"),
+        (2.0, TypeError, r"task 'b' is a float, expected a tensor"),
+        (torch.tensor([2.0]), None, ""),  # shape (1,) is a scalar, as on the general path
+    ],
+)
+def test_known_order_still_checks_each_loss(bad: object, error: type[Exception] | None,
+                                            match: str) -> None:
+    fixed = mw.Fixed({"a": 1.0, "b": 0.5})
+    fixed({"a": torch.tensor(1.0), "b": torch.tensor(2.0)})  # the order is now known
+    if error is None:
+        assert float(fixed({"a": torch.tensor(1.0), "b": bad})) == 2.0  # type: ignore[dict-item]
+        return
+    with pytest.raises(error, match=match):
+        fixed({"a": torch.tensor(1.0), "b": bad})  # type: ignore[dict-item]
+    assert fixed.step == 1
+
+
+def test_known_order_does_not_admit_other_names() -> None:
+    fixed = mw.Fixed({"a": 1.0, "b": 0.5})
+    fixed({"a": torch.tensor(1.0), "b": torch.tensor(2.0)})
+    with pytest.raises(ValueError, match=r"task 'b' is missing.*found \['a', 'c'\]"):
+        fixed({"a": torch.tensor(1.0), "c": torch.tensor(2.0)})
+    with pytest.raises(ValueError, match=r"task 'b' is missing"):
+        fixed({"a": torch.tensor(1.0)})
+    with pytest.raises(ValueError, match=r"unknown task 'c'"):
+        fixed({"a": torch.tensor(1.0), "b": torch.tensor(1.0), "c": torch.tensor(2.0)})
+
+
+def test_fast_path_opposite_infinities() -> None:
+    """+inf and -inf make a NaN total: the first of them is named."""
+    fixed = mw.Fixed([1.0, 1.0, 1.0])
+    with pytest.raises(FloatingPointError, match=r"task '1' is not finite.*'2': -inf"):
+        fixed([torch.tensor(1.0), torch.tensor(math.inf), torch.tensor(-math.inf)])
+
+
+def test_fast_path_overflowing_sum_passes_as_the_general_path() -> None:
+    """Finite losses whose sum overflows: no loss is at fault, and neither path raises."""
+    big = torch.tensor(3e38)
+    fast, general = mw.Fixed([1.0, 1.0]), mw.Fixed([1.0, 1.0])
+    assert math.isinf(float(fast([big, big]))) and math.isinf(float(mw.Weighting.forward(
+        general, [big, big])))
+
+
+def test_fast_path_reads_one_value_when_finite(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One .item() per call (the total), not one per task."""
+    calls: list[int] = []
+    real = torch.Tensor.item
+
+    def counted(self: torch.Tensor) -> object:
+        calls.append(1)
+        return real(self)
+
+    fixed = mw.Fixed({"a": 1.0, "b": 2.0, "c": 0.5})
+    losses = {k: torch.tensor(float(i + 1), requires_grad=True) for i, k in enumerate("abc")}
+    monkeypatch.setattr(torch.Tensor, "item", counted)
+    fixed(losses)
+    fixed(losses)
+    assert len(calls) == 2
+
+
+def test_fast_path_gradient_and_backward() -> None:
+    a = torch.tensor(2.0, requires_grad=True)
+    fixed = mw.Fixed({"x": 3.0, "y": 1.0})
+    assert fixed.backward({"x": a * a, "y": 5.0 * a}) == {"x": 3.0, "y": 1.0}
+    assert a.grad is not None and float(a.grad) == pytest.approx(3.0 * 2 * 2.0 + 5.0)
