@@ -139,6 +139,7 @@ def render(card: dict[str, Any]) -> str:
         f"Stored as float16 safetensors ({card['file_bytes'] / 2**20:.2f} MiB); scores are "
         "of that shipped file.",
         "",
+        *([f"Note: {card['note']}", ""] if card.get("note") else []),
         "Reproduce:",
         "",
         "```bash",
@@ -158,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figure", type=Path, default=FIGURE, help="rainy | derained | clean grid")
     p.add_argument("--no-figure", action="store_true")
     p.add_argument("--markdown", type=Path, default=RESULTS / "model_card.md")
+    p.add_argument("--note", default="",
+                   help="a remark for the card (e.g. pauses inside the wall time)")
     args = p.parse_args(argv)
     data = args.data or default_data_root()
     split = data / "rain100-split.json"
@@ -183,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                        + (", bfloat16 autocast" if config.get("amp") else "") + ")",
         "data": training["data"], "steps": training["steps"], "weighting": config["weighting"],
         "training": training, "command": reproduce_command(config), "machine": machine(),
+        "note": args.note,
     }
     if not args.score_only:
         pack_weights(args.run / "model.safetensors", args.weights, card)
