@@ -74,7 +74,7 @@ def table(results: dict[str, Any]) -> str:
                          f"{r['b_median_s'] * 1e3:.3f}", f"{r['ratio_median']:.4f}",
                          f"{lo:.4f} to {hi:.4f}", f"{r['ratio_of_medians']:.4f}",
                          res["verdict"] if key == "fixed_vs_plain" else ""])
-    header = ["size", "pair", "pairs", "first ms (median)", "second ms (median)",
+    header = ["size", "pair", "pairs", "denominator ms (median)", "numerator ms (median)",
               "median pair ratio", "95 % interval", "ratio of medians",
               f"target <= {TARGETS['fixed']}"]
     return markdown_table(header, rows)
