@@ -67,6 +67,8 @@ def reproduce_command(config: dict[str, Any]) -> str:
         parts += ["--clip-grad-norm", f"{config['clip_grad_norm']:g}"]
     if config.get("amp"):
         parts.append("--amp")
+    if config.get("init") is not None:
+        parts += ["--init", config["init"]]
     return " ".join([*parts, "--out", "RUN"])
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from torch.utils.data import ConcatDataset, Dataset
 import mtlweight as mw
 from mtlweight.losses import EdgeAwareLoss, TextureMatchingLoss
 
+from .checkpoint import CheckpointError, load_model
 from .config import LOSS_NAMES, TrainConfig
 from .data import (
     PairedFolder,
@@ -37,7 +39,8 @@ from .data import (
     builtin_images,
     load_split,
 )
-from .model import MENET
+from .model import MENET, VARIANTS
+from .pretrained import bundled_weights
 
 __all__ = [
     "DeviceError",
@@ -50,6 +53,7 @@ __all__ = [
     "build_pairs",
     "build_scheduler",
     "build_weighting",
+    "init_weights_path",
     "native_bfloat16",
     "resolve_device",
     "select_ids",
@@ -81,15 +85,42 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from exc
 
 
-def build_model(config: TrainConfig, device: torch.device) -> MENET:
-    """The network of ``config.variant`` on ``device`` (last conv zeroed if asked).
+def init_weights_path(init: str) -> Path:
+    """The file of ``TrainConfig.init``: ``"bundled"`` is the shipped model."""
+    return bundled_weights() if init == "bundled" else Path(init)
 
-    With ``config.channels_last`` the parameters are stored NHWC, so that every
-    convolution runs in that layout (inputs may stay NCHW; checkpoints and exports
-    hold the same values either way).
+
+def _load_init(net: MENET, init: str, variant: str) -> None:
+    """Copy the weights of ``init`` (file or ``"bundled"``) into ``net`` of ``variant``."""
+    path = init_weights_path(init)
+    source = load_model(path)  # CheckpointError names the file if it is missing or wrong
+    assert isinstance(source, MENET)
+    found = next(
+        (n for n, (b, ca) in VARIANTS.items()
+         if (b, ca) == (source.blocks, source.channel_attention)),
+        "unknown",
+    )
+    if found != variant:
+        raise CheckpointError(
+            f"init weights {path} are MENET variant {found!r}, but this run trains "
+            f"{variant!r}; pass --variant {found} or other weights"
+        )
+    net.load_state_dict(source.state_dict())  # float16 storage is copied into float32
+
+
+def build_model(config: TrainConfig, device: torch.device) -> MENET:
+    """The network of ``config.variant`` on ``device``.
+
+    Initialised from ``config.init`` when given (fine-tuning), else at random
+    with the last conv zeroed if ``config.zero_init_residual``. With
+    ``config.channels_last`` the parameters are stored NHWC, so that every
+    convolution runs in that layout (inputs may stay NCHW; checkpoints and
+    exports hold the same values either way).
     """
     net = MENET.variant(config.variant)
-    if config.zero_init_residual:
+    if config.init is not None:
+        _load_init(net, config.init, config.variant)
+    elif config.zero_init_residual:
         nn.init.zeros_(net.last_conv.weight)
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     net.to(device, memory_format=layout)  # type: ignore[call-overload]  # (in place)

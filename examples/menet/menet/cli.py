@@ -26,7 +26,14 @@ import torch
 from torch import nn
 
 from ._threads import configure_threads
-from .building import DeviceError, PairSource, build_pairs, native_bfloat16, resolve_device
+from .building import (
+    DeviceError,
+    PairSource,
+    build_pairs,
+    init_weights_path,
+    native_bfloat16,
+    resolve_device,
+)
 from .checkpoint import CheckpointError, load_checkpoint, load_model
 from .config import DEFAULT_RECIPE, RECIPES, TrainConfig
 from .demo import run_demo
@@ -91,6 +98,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     tip = amp_tip(config)
     if tip and context().is_main:
         print(tip, file=sys.stderr)
+    if config.init is not None and not config.resume and context().is_main:
+        try:
+            print(f"init: {describe_weights(init_weights_path(config.init))}", file=sys.stderr)
+        except CheckpointError as exc:  # --init bundled where the package lacks it
+            return _fail("train", exc)
     try:
         result = train(config)
     except (ValueError, OSError, CheckpointError, DeviceError, FloatingPointError) as exc:

@@ -129,6 +129,12 @@ class TrainConfig:
         Extra keyword options for the strategy's constructor.
     variant : str
         Key of :data:`menet.model.VARIANTS`.
+    init : str, optional
+        Start from these weights instead of a random initialisation (fine-tuning):
+        a ``.safetensors`` export, a training checkpoint ``*.ckpt`` (read with
+        ``weights_only=True``), or ``"bundled"`` for the pretrained model shipped
+        with the package. The file's variant must be ``variant``; the optimizer,
+        schedule and weighting start fresh. Not re-applied on ``resume``.
     zero_init_residual : bool
         Initialise ``model.last_conv`` to zero, so the network starts as the
         identity (output = input) and training only has to learn the rain
@@ -205,6 +211,7 @@ class TrainConfig:
     gb_shared: str = "last_conv"
     weighting_options: dict[str, Any] = field(default_factory=dict)
     variant: str = "shallow-ca"
+    init: str | None = None
     zero_init_residual: bool = False
     device: str = "auto"
     amp: bool = False
@@ -267,6 +274,8 @@ class TrainConfig:
             )
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; choose from {sorted(VARIANTS)}")
+        if self.init is not None and not str(self.init).strip():
+            raise ValueError("init: give a weights file (.safetensors or .ckpt) or 'bundled'")
         if self.gb_shared not in GB_SHARED:
             raise ValueError(f"gb_shared must be one of {GB_SHARED}; found {self.gb_shared!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -236,6 +236,12 @@ def _add_train_model(g: Any) -> None:
         {"flag": "--steps", "dest": "steps", "type": int,
          "help": "optimizer steps (instead of --epochs)"},
     )
+    g.add_argument(
+        "--init",
+        metavar="WEIGHTS",
+        help="fine-tune: start from these weights (.safetensors, .ckpt, or 'bundled' for the "
+        "shipped model) instead of a random initialisation",
+    )
     g.add_argument("--lr", type=float, help=f"initial learning rate ({_default('lr')})")
     g.add_argument(
         "--lr-schedule",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -105,7 +105,8 @@ def open_session(
     its share of each batch (:class:`menet.sampling.ShardedEpochSampler`).
     """
     _seed_everything(config.seed)
-    net = build_model(config, device)
+    # A resumed run takes its weights from the checkpoint: its init file may be gone.
+    net = build_model(config if checkpoint is None else replace(config, init=None), device)
     built = build_losses(config.losses, texture_normalize=config.texture_normalize)
     loss_fns = {n: f.to(device) for n, f in built.items()}
     weighting = build_weighting(
