@@ -49,15 +49,20 @@ FIGURE = REPO / "docs" / "_static" / "menet" / "bundled_examples.jpg"
 TARGETS = {"Rain100L": 35.7, "Rain100H": 26.0}
 
 
-def reproduce_command(config: dict[str, Any]) -> str:
-    """The ``python -m menet train`` command line of a stored training config."""
+def reproduce_command(config: dict[str, Any], out: str = "RUN", init: str | None = None) -> str:
+    """The ``python -m menet train`` command line of a stored training config.
+
+    ``init`` replaces the config's ``--init`` (a previous stage's output folder
+    instead of the path it had on the machine that trained it).
+    """
     data = config["data"] if isinstance(config["data"], list) else [config["data"]]
     parts = ["python -m menet train", "--data", *data, "--split", config["split"],
              "--split-key", config["split_key"], "--recipe", "fast",
              "--patches", config["patches"], "--patch-size", str(config["patch_size"]),
              "--patches-per-image", str(config["patches_per_image"]),
              "--batch-size", str(config["batch_size"]), "--steps", str(config["steps"]),
-             "--weighting", config["weighting"], "--seed", str(config["seed"])]
+             "--lr", f"{config['lr']:g}", "--weighting", config["weighting"],
+             "--seed", str(config["seed"])]
     # The recipe's fields spelled out: the command stays right when a recipe changes.
     parts += ["--lr-schedule", config["lr_schedule"],
               "--texture-mean" if config["texture_normalize"] else "--texture-sum",
@@ -67,9 +72,48 @@ def reproduce_command(config: dict[str, Any]) -> str:
         parts += ["--clip-grad-norm", f"{config['clip_grad_norm']:g}"]
     if config.get("amp"):
         parts.append("--amp")
-    if config.get("init") is not None:
-        parts += ["--init", config["init"]]
-    return " ".join([*parts, "--out", "RUN"])
+    init = init if init is not None else config.get("init")
+    if init is not None:
+        parts += ["--init", init]
+    return " ".join([*parts, "--out", out])
+
+
+def run_stages(run: Path) -> list[Path]:
+    """The training runs behind ``run``, first to last.
+
+    A run started with ``--init`` from another run's ``model.safetensors`` or
+    ``last.ckpt`` (a folder with ``config.json`` and ``log.csv``) follows that
+    run; an init file that is not a run's (``bundled``, a download) ends the chain.
+    """
+    chain = [run]
+    while True:
+        init = json.loads((chain[0] / "config.json").read_text()).get("init")
+        parent = Path(init).parent if init not in (None, "bundled") else None
+        if (parent is None or parent.resolve() in {c.resolve() for c in chain}
+                or not all((parent / f).is_file() for f in ("config.json", "log.csv"))):
+            return chain
+        chain.insert(0, parent)
+
+
+def stage_commands(configs: list[dict[str, Any]]) -> list[str]:
+    """One command per stage; each later stage starts from the previous stage's export."""
+    outs = ["RUN"] if len(configs) == 1 else [f"RUN{i + 1}" for i in range(len(configs))]
+    return [reproduce_command(c, out=o, init=None if i == 0 else f"{outs[i - 1]}/model.safetensors")
+            for i, (c, o) in enumerate(zip(configs, outs, strict=True))]
+
+
+def data_names(config: dict[str, Any]) -> list[str]:
+    """The folder names of a config's ``data`` (in order, repeats kept)."""
+    data = config["data"] if isinstance(config["data"], list) else [config["data"]]
+    return [Path(d).name for d in data]
+
+
+def describe_stage(run: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """Steps, wall time, data, learning rate and init of one training run."""
+    with open(run / "log.csv", newline="") as f:
+        last = list(csv.DictReader(f))[-1]
+    return {"steps": int(last["step"]), "wall_seconds": float(last["time"]),
+            "data": data_names(config), "lr": config["lr"], "init": config.get("init")}
 
 
 def score(weights: Path, data: Path, split: Path) -> dict[str, dict[str, dict[str, float]]]:
@@ -112,6 +156,15 @@ def figure(weights: Path, path: Path) -> None:
         small.save(path, quality=75, optimize=True)
 
 
+def stages_text(stages: list[dict[str, Any]]) -> str:
+    """For a card of several runs: what each did (empty for one run)."""
+    if len(stages) < 2:
+        return ""
+    parts = [f"{s['steps']} steps on {' + '.join(s['data'])} at lr {s['lr']:g}" for s in stages]
+    return (f"in {len(stages)} runs, each after the first starting from the previous one's "
+            f"weights (`--init`): {'; then '.join(parts)}; ")
+
+
 def render(card: dict[str, Any]) -> str:
     head = ["test set (28 ids)", "protocol", "input PSNR / SSIM", "output PSNR / SSIM", "target"]
     rows = []
@@ -136,6 +189,7 @@ def render(card: dict[str, Any]) -> str:
         f"{t['weighting'].upper()} weighting, recipe `fast`, texture loss as the "
         f"{'mean' if t['texture_normalize'] else 'sum'} over Gram entries"
         f"{', bfloat16 autocast (--amp)' if t.get('amp') else ''}), "
+        f"{stages_text(t.get('stages', []))}"
         f"{t['wall_seconds'] / 60:.0f} min wall time on {card['machine']['cpu']} "
         f"({card['machine']['logical_cpus']} logical CPUs, shared with other jobs). "
         f"Stored as float16 safetensors ({card['file_bytes'] / 2**20:.2f} MiB); scores are "
@@ -169,14 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     if not all(x.exists() for x in (split, *(data / s for s in SETS))):
         print(f"model card skipped: data not found under {data}")
         return 0
-    config = json.loads((args.run / "config.json").read_text())
-    with open(args.run / "log.csv", newline="") as f:
-        log = list(csv.DictReader(f))
+    stages = run_stages(args.run)
+    configs = [json.loads((r / "config.json").read_text()) for r in stages]
+    config = configs[-1]
+    described = [describe_stage(r, c) for r, c in zip(stages, configs, strict=True)]
     training = {
-        "data": [Path(d).name for d in (config["data"] if isinstance(config["data"], list)
-                                        else [config["data"]])],
+        "data": data_names(config),
         "split": "rain100-split.json (train ids)", "train_images": len(load_split(split)["train"]),
-        "steps": int(log[-1]["step"]), "wall_seconds": float(log[-1]["time"]),
+        "steps": sum(d["steps"] for d in described),
+        "wall_seconds": sum(d["wall_seconds"] for d in described),
+        "stages": described,
         **{k: config[k] for k in ("patch_size", "batch_size", "patches", "weighting", "gb_shared",
                                   "variant", "lr", "lr_schedule", "clip_grad_norm",
                                   "texture_normalize", "zero_init_residual", "seed", "losses")},
@@ -187,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                        + ("" if config["texture_normalize"] else ", texture loss summed")
                        + (", bfloat16 autocast" if config.get("amp") else "") + ")",
         "data": training["data"], "steps": training["steps"], "weighting": config["weighting"],
-        "training": training, "command": reproduce_command(config), "machine": machine(),
+        "training": training, "command": "\n".join(stage_commands(configs)),
+        "machine": machine(),
         "note": args.note,
     }
     if not args.score_only:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ CONFIG: dict[str, Any] = {
     "split": "../shared/data/rain100-split.json", "split_key": "train", "patches": "random",
     "patch_size": 128, "patches_per_image": 8, "batch_size": 16, "steps": 12000,
     "weighting": "gb", "seed": 0, "lr_schedule": "cosine", "texture_normalize": True,
-    "zero_init_residual": True, "clip_grad_norm": 1.0, "amp": True,
+    "zero_init_residual": True, "clip_grad_norm": 1.0, "amp": True, "lr": 1e-3,
 }
 
 
@@ -29,7 +30,7 @@ def test_reproduce_command_spells_out_the_recipe() -> None:
                           "../shared/data/Rain100H ")
     for part in ("--steps 12000", "--batch-size 16", "--patch-size 128", "--weighting gb",
                  "--lr-schedule cosine", "--texture-mean", "--zero-init-residual",
-                 "--clip-grad-norm 1", "--amp", "--out RUN"):
+                 "--clip-grad-norm 1", "--amp", "--lr 0.001", "--out RUN"):
         assert part in cmd, part
     plain = model_card.reproduce_command({**CONFIG, "amp": False, "texture_normalize": False,
                                           "clip_grad_norm": None})
@@ -64,3 +65,45 @@ def test_render_carries_the_note() -> None:
     md = model_card.render(_card(30.0, 20.0, note="paused 200 s"))
     assert "Note: paused 200 s" in md
     assert md.index("Note: paused 200 s") < md.index("Reproduce:")
+
+
+def _run(folder: Path, steps: int, seconds: float, **config: Any) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({**CONFIG, "steps": steps, **config}))
+    (folder / "log.csv").write_text(f"step,time\n1,0.5\n{steps},{seconds}\n")
+    return folder
+
+
+def test_a_fine_tuned_run_is_carded_with_the_run_it_started_from(tmp_path: Path) -> None:
+    first = _run(tmp_path / "first", 12000, 6000.0)
+    second = _run(tmp_path / "second", 3000, 1200.0, lr=3e-4,
+                  init=str(first / "model.safetensors"),
+                  data=["L", "L", "H"])
+    assert model_card.run_stages(second) == [first, second]
+    assert model_card.run_stages(first) == [first]
+    stages = [model_card.describe_stage(r, json.loads((r / "config.json").read_text()))
+              for r in (first, second)]
+    assert [(s["steps"], s["wall_seconds"], s["lr"]) for s in stages] == [
+        (12000, 6000.0, 1e-3), (3000, 1200.0, 3e-4)]
+    commands = model_card.stage_commands([json.loads((r / "config.json").read_text())
+                                          for r in (first, second)])
+    assert commands[0].endswith("--out RUN1") and "--init" not in commands[0]
+    assert commands[1].endswith("--lr-schedule cosine --texture-mean --zero-init-residual "
+                                "--clip-grad-norm 1 --amp --init RUN1/model.safetensors --out RUN2")
+    assert "--data L L H " in commands[1] and "--lr 0.0003 " in commands[1]
+    text = model_card.stages_text(stages)
+    assert "in 2 runs" in text and "12000 steps on Rain100L + Rain100H at lr 0.001" in text
+    assert "then 3000 steps on L + L + H at lr 0.0003" in text
+
+
+def test_an_init_that_is_not_a_run_ends_the_chain_and_stays_in_the_command(
+    tmp_path: Path,
+) -> None:
+    run = _run(tmp_path / "run", 100, 10.0, init="bundled")
+    assert model_card.run_stages(run) == [run]
+    (cmd,) = model_card.stage_commands([json.loads((run / "config.json").read_text())])
+    assert cmd.endswith("--init bundled --out RUN")
+    loop = _run(tmp_path / "loop", 100, 10.0)
+    (loop / "config.json").write_text(json.dumps({**CONFIG, "init": str(loop / "last.ckpt")}))
+    assert model_card.run_stages(loop) == [loop]  # a run cannot start from itself
+    assert model_card.stages_text([{"steps": 1}]) == ""
