@@ -13,6 +13,10 @@ its ``model.safetensors`` as the float16 file shipped in the ``menet`` package
   built-in images with synthetic light and heavy rain (no benchmark image is
   copied into the repository).
 
+A run fine-tuned with ``--init`` from another run's ``model.safetensors`` is
+carded with the runs behind it (:func:`run_stages`): steps and wall time are
+summed, and the card gives one command per run.
+
     python benchmarks/model_card.py --run runs/bundled
     python benchmarks/model_card.py --run runs/bundled --score-only   # re-score the shipped file
 
@@ -97,7 +101,7 @@ def run_stages(run: Path) -> list[Path]:
 
 def stage_commands(configs: list[dict[str, Any]]) -> list[str]:
     """One command per stage; each later stage starts from the previous stage's export."""
-    outs = ["RUN"] if len(configs) == 1 else [f"RUN{i + 1}" for i in range(len(configs))]
+    outs = [f"RUN{i + 1}" for i in range(len(configs) - 1)] + ["RUN"]  # the card reads RUN
     return [reproduce_command(c, out=o, init=None if i == 0 else f"{outs[i - 1]}/model.safetensors")
             for i, (c, o) in enumerate(zip(configs, outs, strict=True))]
 
@@ -160,7 +164,11 @@ def stages_text(stages: list[dict[str, Any]]) -> str:
     """For a card of several runs: what each did (empty for one run)."""
     if len(stages) < 2:
         return ""
-    parts = [f"{s['steps']} steps on {' + '.join(s['data'])} at lr {s['lr']:g}" for s in stages]
+    def data(names: list[str]) -> str:  # a folder given k times is sampled k times as often
+        counts = {n: names.count(n) for n in dict.fromkeys(names)}
+        return " + ".join(n if k == 1 else f"{k}x {n}" for n, k in counts.items())
+
+    parts = [f"{s['steps']} steps on {data(s['data'])} at lr {s['lr']:g}" for s in stages]
     return (f"in {len(stages)} runs, each after the first starting from the previous one's "
             f"weights (`--init`): {'; then '.join(parts)}; ")
 

@@ -89,11 +89,11 @@ def test_a_fine_tuned_run_is_carded_with_the_run_it_started_from(tmp_path: Path)
                                           for r in (first, second)])
     assert commands[0].endswith("--out RUN1") and "--init" not in commands[0]
     assert commands[1].endswith("--lr-schedule cosine --texture-mean --zero-init-residual "
-                                "--clip-grad-norm 1 --amp --init RUN1/model.safetensors --out RUN2")
+                                "--clip-grad-norm 1 --amp --init RUN1/model.safetensors --out RUN")
     assert "--data L L H " in commands[1] and "--lr 0.0003 " in commands[1]
     text = model_card.stages_text(stages)
     assert "in 2 runs" in text and "12000 steps on Rain100L + Rain100H at lr 0.001" in text
-    assert "then 3000 steps on L + L + H at lr 0.0003" in text
+    assert "then 3000 steps on 2x L + H at lr 0.0003" in text
 
 
 def test_an_init_that_is_not_a_run_ends_the_chain_and_stays_in_the_command(
