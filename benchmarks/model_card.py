@@ -59,8 +59,7 @@ def reproduce_command(config: dict[str, Any], out: str = "RUN", init: str | None
     ``init`` replaces the config's ``--init`` (a previous stage's output folder
     instead of the path it had on the machine that trained it).
     """
-    data = config["data"] if isinstance(config["data"], list) else [config["data"]]
-    parts = ["python -m menet train", "--data", *data, "--split", config["split"],
+    parts = ["python -m menet train", "--data", *data_paths(config), "--split", config["split"],
              "--split-key", config["split_key"], "--recipe", "fast",
              "--patches", config["patches"], "--patch-size", str(config["patch_size"]),
              "--patches-per-image", str(config["patches_per_image"]),
@@ -106,10 +105,14 @@ def stage_commands(configs: list[dict[str, Any]]) -> list[str]:
             for i, (c, o) in enumerate(zip(configs, outs, strict=True))]
 
 
+def data_paths(config: dict[str, Any]) -> list[str]:
+    """A config's ``data`` folders as a list (in order, repeats kept)."""
+    return config["data"] if isinstance(config["data"], list) else [config["data"]]
+
+
 def data_names(config: dict[str, Any]) -> list[str]:
     """The folder names of a config's ``data`` (in order, repeats kept)."""
-    data = config["data"] if isinstance(config["data"], list) else [config["data"]]
-    return [Path(d).name for d in data]
+    return [Path(d).name for d in data_paths(config)]
 
 
 def describe_stage(run: Path, config: dict[str, Any]) -> dict[str, Any]:
@@ -164,6 +167,7 @@ def stages_text(stages: list[dict[str, Any]]) -> str:
     """For a card of several runs: what each did (empty for one run)."""
     if len(stages) < 2:
         return ""
+
     def data(names: list[str]) -> str:  # a folder given k times is sampled k times as often
         counts = {n: names.count(n) for n in dict.fromkeys(names)}
         return " + ".join(n if k == 1 else f"{k}x {n}" for n, k in counts.items())

@@ -274,7 +274,7 @@ class TrainConfig:
             )
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; choose from {sorted(VARIANTS)}")
-        if self.init is not None and not str(self.init).strip():
+        if self.init is not None and not self.init.strip():
             raise ValueError("init: give a weights file (.safetensors or .ckpt) or 'bundled'")
         if self.gb_shared not in GB_SHARED:
             raise ValueError(f"gb_shared must be one of {GB_SHARED}; found {self.gb_shared!r}")
