@@ -54,11 +54,27 @@ def _card(l_psnr: float, h_psnr: float, note: str = "") -> dict[str, Any]:
 
 def test_render_marks_each_target() -> None:
     md = model_card.render(_card(35.8, 25.9))
-    assert "| Rain100L | Y, full image | 20.00 / 0.5000 | 35.80 / 0.9000 | ≥ 35.7 dB (met) |" in md
-    assert "| Rain100H | Y, full image | 20.00 / 0.5000 | 25.90 / 0.9000 | ≥ 26.0 dB (NOT met) |" \
-        in md
+    assert ("| Rain100L | Y, full image | one pass | 20.00 / 0.5000 | 35.80 / 0.9000 | "
+            "≥ 35.7 dB (met) |") in md
+    assert ("| Rain100H | Y, full image | one pass | 20.00 / 0.5000 | 25.90 / 0.9000 | "
+            "≥ 26.0 dB (NOT met) |") in md
+    assert "--ensemble" not in md
     assert "12000 steps of 16 random 128 px crops" in md and "90 min wall time" in md
     assert "1.00 MiB" in md and "Note:" not in md
+
+
+def test_render_adds_the_ensembles_rows_with_their_own_verdicts() -> None:
+    card = _card(35.5, 26.2)
+    card["ensemble"] = "flips"
+    card["ensemble_scores"] = _card(35.9, 25.8)["scores"]
+    md = model_card.render(card)
+    assert ("| Rain100L | Y, full image | one pass | 20.00 / 0.5000 | 35.50 / 0.9000 | "
+            "≥ 35.7 dB (NOT met) |") in md
+    assert ("| Rain100L | Y, full image | `--ensemble flips` | 20.00 / 0.5000 | 35.90 / 0.9000 | "
+            "≥ 35.7 dB (met) |") in md
+    assert ("| Rain100H | Y, full image | `--ensemble flips` | 20.00 / 0.5000 | 25.80 / 0.9000 | "
+            "≥ 26.0 dB (NOT met) |") in md
+    assert "4 forward passes per image" in md
 
 
 def test_render_carries_the_note() -> None:

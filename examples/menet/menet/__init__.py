@@ -41,6 +41,7 @@ from menet.data import (
 )
 from menet.demo import run_demo
 from menet.derain import apply_tiled, derain_files, derain_image
+from menet.ensemble import FlipEnsemble, with_ensemble
 from menet.evaluate import (
     ImageRecord,
     evaluate_pairs,
@@ -65,6 +66,7 @@ __all__ = [
     "RECIPES",
     "VARIANTS",
     "CheckpointError",
+    "FlipEnsemble",
     "ImageRecord",
     "PairSource",
     "PairedFolder",
@@ -106,6 +108,7 @@ __all__ = [
     "ten_crop",
     "ten_crops",
     "train_step",
+    "with_ensemble",
     "write_csv",
     "write_image",
 ]

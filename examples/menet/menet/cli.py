@@ -39,6 +39,7 @@ from .config import DEFAULT_RECIPE, RECIPES, TrainConfig
 from .demo import run_demo
 from .derain import collect_inputs, derain_files, derain_image
 from .distributed import context
+from .ensemble import Ensemble, FlipEnsemble, with_ensemble
 from .evaluate import (
     evaluate_pairs,
     plot_psnr_histogram,
@@ -160,12 +161,18 @@ def _trained_message(result: TrainResult) -> str:
     )
 
 
-def _load_weights(weights: str | None, device: Any) -> nn.Module:
-    """The model of ``--weights``, or the bundled one; says on stderr which weights are used."""
+def _load_weights(weights: str | None, device: Any, ensemble: Ensemble = "none") -> nn.Module:
+    """The model of ``--weights``, or the bundled one, wrapped in ``--ensemble``.
+
+    Says on stderr which weights are used, and the self-ensemble when there is one.
+    """
     path = Path(weights) if weights is not None else bundled_weights()
     model = load_model(path, device=device)
     print(f"weights: {describe_weights(path)}", file=sys.stderr)
-    return model
+    if ensemble != "none":
+        print(f"self-ensemble: {ensemble} ({FlipEnsemble.passes(ensemble)} passes per image)",
+              file=sys.stderr)
+    return with_ensemble(model, ensemble)
 
 
 def _evaluate_source(args: argparse.Namespace) -> PairSource:
@@ -184,7 +191,8 @@ def _evaluate_source(args: argparse.Namespace) -> PairSource:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
-        model = None if args.input_only else _load_weights(args.weights, device)
+        model = (None if args.input_only
+                 else _load_weights(args.weights, device, args.ensemble))
         dataset = build_pairs(_evaluate_source(args))
     except (CheckpointError, DeviceError, OSError, ValueError) as exc:
         return _fail("evaluate", exc)
@@ -243,7 +251,7 @@ def _cmd_derain(args: argparse.Namespace) -> int:
     if empty:
         return _fail("derain", f"no images (.png, .jpg, ...) in folder {empty[0]}")
     try:
-        model = _load_weights(args.weights, resolve_device(args.device))
+        model = _load_weights(args.weights, resolve_device(args.device), args.ensemble)
     except (CheckpointError, DeviceError, ValueError) as exc:
         return _fail("derain", exc)
     report = derain_files(

@@ -22,6 +22,7 @@ from importlib import metadata
 from typing import Any
 
 from .config import DEFAULT_RECIPE, GB_SHARED, RECIPES, TrainConfig
+from .ensemble import ENSEMBLES
 from .model import VARIANTS
 
 __all__ = ["TRAIN_DEFAULTS", "build_parser"]
@@ -339,6 +340,13 @@ def _add_evaluate(sub: Any) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--batch-size", type=int, default=10, help="images/crops per batch (default 10)")
+    p.add_argument(
+        "--ensemble",
+        choices=list(ENSEMBLES),
+        default="none",
+        help="flip self-ensemble: average the outputs for mirrored inputs; 'flips' = identity, "
+        "horizontal, vertical and both (4x the time), 'hflip' = 2x (default none)",
+    )
     p.add_argument("--out", metavar="DIR", help="write CSV, plots and a grid here")
 
 
@@ -366,6 +374,13 @@ def _add_derain(sub: Any) -> None:
         help="tile overlap in pixels, blended with a Hann ramp (default 64)",
     )
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+    p.add_argument(
+        "--ensemble",
+        choices=list(ENSEMBLES),
+        default="none",
+        help="flip self-ensemble: average the outputs for mirrored inputs; 'flips' = identity, "
+        "horizontal, vertical and both (4x the time), 'hflip' = 2x (default none)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
