@@ -116,6 +116,25 @@ def test_cache_and_transform(rain100l_folder: Path) -> None:
         data[4]
 
 
+def test_a_folder_given_twice_is_sampled_twice_and_read_once(rain100l_folder: Path,
+                                                              rain100h_folder: Path) -> None:
+    from torch.utils.data import ConcatDataset
+
+    from menet import PairSource, build_pairs
+
+    spelled = [str(rain100l_folder), str(rain100l_folder / ".." / rain100l_folder.name),
+               str(rain100h_folder)]
+    pairs = build_pairs(PairSource(data=spelled, cache=True))
+    assert isinstance(pairs, ConcatDataset)
+    first, again, other = pairs.datasets
+    assert first is again and first is not other  # one reader (and cache) per folder
+    n = len(first)
+    assert len(pairs) == 2 * n + len(other)
+    for i in range(n):  # both copies give the same decoded tensors
+        assert pairs[i][0] is pairs[n + i][0]
+    torch.testing.assert_close(pairs[2 * n][1], other[0][1])
+
+
 def test_load_split(tmp_path: Path) -> None:
     f = tmp_path / "split.json"
     f.write_text(json.dumps({"description": "d", "duplicate_backgrounds": [[3, 4]],

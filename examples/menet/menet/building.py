@@ -285,7 +285,14 @@ def build_pairs(source: PairSource) -> Pairs:
     assert source.data is not None
     roots = [source.data] if isinstance(source.data, str) else list(source.data)
     ids = select_ids(source.split, source.split_key, source.ids)
-    folders = [PairedFolder(r, ids=ids, cache=source.cache) for r in roots]
+    # A folder given k times is sampled k times as often; it is read (and cached) once.
+    opened: dict[Path, PairedFolder] = {}
+    folders = []
+    for root in roots:
+        key = Path(root).resolve()
+        if key not in opened:
+            opened[key] = PairedFolder(root, ids=ids, cache=source.cache)
+        folders.append(opened[key])
     return folders[0] if len(folders) == 1 else ConcatDataset(folders)
 
 
