@@ -76,8 +76,7 @@ class FlipEnsemble(nn.Module):
 
     def __init__(self, model: nn.Module, flips: Ensemble = "flips") -> None:
         super().__init__()
-        if flips not in _FLIPS:
-            raise ValueError(f"unknown ensemble {flips!r}; choose from {list(ENSEMBLES)}")
+        FlipEnsemble.passes(flips)  # checks the name
         self.model = model
         self.flips: Ensemble = flips
 

@@ -313,6 +313,17 @@ def _add_source(p: argparse.ArgumentParser, split_key: str) -> None:
     p.add_argument("--rain-seed", type=int, default=1, help="synthetic rain seed (default 1)")
 
 
+def _add_ensemble(p: argparse.ArgumentParser) -> None:
+    """``--ensemble`` of ``evaluate`` and ``derain``."""
+    p.add_argument(
+        "--ensemble",
+        choices=list(ENSEMBLES),
+        default="none",
+        help="flip self-ensemble: average the outputs for mirrored inputs; 'flips' = identity, "
+        "horizontal, vertical and both (4x the time), 'hflip' = 2x (default none)",
+    )
+
+
 def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -340,13 +351,7 @@ def _add_evaluate(sub: Any) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--batch-size", type=int, default=10, help="images/crops per batch (default 10)")
-    p.add_argument(
-        "--ensemble",
-        choices=list(ENSEMBLES),
-        default="none",
-        help="flip self-ensemble: average the outputs for mirrored inputs; 'flips' = identity, "
-        "horizontal, vertical and both (4x the time), 'hflip' = 2x (default none)",
-    )
+    _add_ensemble(p)
     p.add_argument("--out", metavar="DIR", help="write CSV, plots and a grid here")
 
 
@@ -374,13 +379,7 @@ def _add_derain(sub: Any) -> None:
         help="tile overlap in pixels, blended with a Hann ramp (default 64)",
     )
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
-    p.add_argument(
-        "--ensemble",
-        choices=list(ENSEMBLES),
-        default="none",
-        help="flip self-ensemble: average the outputs for mirrored inputs; 'flips' = identity, "
-        "horizontal, vertical and both (4x the time), 'hflip' = 2x (default none)",
-    )
+    _add_ensemble(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
