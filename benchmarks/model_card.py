@@ -33,6 +33,7 @@ import argparse
 import csv
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,20 +125,26 @@ def describe_stage(run: Path, config: dict[str, Any]) -> dict[str, Any]:
             "data": data_names(config), "lr": config["lr"], "init": config.get("init")}
 
 
-def score(weights: Path, data: Path, split: Path,
-          ensemble: Ensemble = "none") -> dict[str, dict[str, dict[str, float]]]:
-    """Scores of the file on each set's test ids, both protocols (``ensemble``: ``--ensemble``)."""
-    model = with_ensemble(load_model(weights, device="cpu"), ensemble)
+def score(weights: Path, data: Path, split: Path, ensembles: Sequence[Ensemble] = ("none",),
+          ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Scores of the file on each set's test ids, both protocols, for each ``--ensemble`` mode.
+
+    The weights are loaded once and each set's test pairs decoded once for all modes.
+    Returns ``{mode: {set: {protocol: summary}}}``.
+    """
+    base = load_model(weights, device="cpu")
+    models = {mode: with_ensemble(base, mode) for mode in ensembles}
     test_ids = load_split(split)["test"]
-    out: dict[str, dict[str, dict[str, float]]] = {}
+    out: dict[str, dict[str, dict[str, dict[str, float]]]] = {mode: {} for mode in ensembles}
     for name in SETS:
         pairs = PairedFolder(data / name, ids=test_ids, cache=True)
-        out[name] = {p: summarize(evaluate_pairs(model, pairs, p, batch_size=4, progress=False))
-                     for p in PROTOCOLS}
-        s = out[name]["standard"]
-        print(f"{name}{'' if ensemble == 'none' else f' (--ensemble {ensemble})'}: "
-              f"Y {s['input_psnr']:.2f} -> {s['output_psnr']:.2f} dB, SSIM "
-              f"{s['input_ssim']:.4f} -> {s['output_ssim']:.4f}", flush=True)
+        for mode, model in models.items():
+            out[mode][name] = {p: summarize(evaluate_pairs(model, pairs, p, batch_size=4,
+                                                           progress=False)) for p in PROTOCOLS}
+            s = out[mode][name]["standard"]
+            print(f"{name}{'' if mode == 'none' else f' (--ensemble {mode})'}: "
+                  f"Y {s['input_psnr']:.2f} -> {s['output_psnr']:.2f} dB, SSIM "
+                  f"{s['input_ssim']:.4f} -> {s['output_ssim']:.4f}", flush=True)
     return out
 
 
@@ -284,10 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.score_only:
         pack_weights(args.run / "model.safetensors", args.weights, card)
     card["file_bytes"] = args.weights.stat().st_size
-    card["scores"] = score(args.weights, data, split)
+    modes: list[Ensemble] = ["none"] + ([] if args.ensemble == "none" else [args.ensemble])
+    scores = score(args.weights, data, split, modes)
+    card["scores"] = scores["none"]
     card["ensemble"] = args.ensemble
-    card["ensemble_scores"] = (None if args.ensemble == "none"
-                               else score(args.weights, data, split, args.ensemble))
+    card["ensemble_scores"] = scores.get(args.ensemble) if args.ensemble != "none" else None
     pack_card = args.weights.with_suffix(".json")
     stored = json.loads(pack_card.read_text()) if pack_card.is_file() else {}
     pack_card.write_text(json.dumps({**stored, **card}, indent=2, sort_keys=True) + "\n")
