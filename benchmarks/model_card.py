@@ -291,11 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.score_only:
         pack_weights(args.run / "model.safetensors", args.weights, card)
     card["file_bytes"] = args.weights.stat().st_size
-    modes: list[Ensemble] = ["none"] + ([] if args.ensemble == "none" else [args.ensemble])
-    scores = score(args.weights, data, split, modes)
+    scores = score(args.weights, data, split, list(dict.fromkeys(("none", args.ensemble))))
     card["scores"] = scores["none"]
     card["ensemble"] = args.ensemble
-    card["ensemble_scores"] = scores.get(args.ensemble) if args.ensemble != "none" else None
+    card["ensemble_scores"] = None if args.ensemble == "none" else scores[args.ensemble]
     pack_card = args.weights.with_suffix(".json")
     stored = json.loads(pack_card.read_text()) if pack_card.is_file() else {}
     pack_card.write_text(json.dumps({**stored, **card}, indent=2, sort_keys=True) + "\n")
