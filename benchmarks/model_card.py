@@ -61,7 +61,8 @@ def reproduce_command(config: dict[str, Any], out: str = "RUN", init: str | None
     ``init`` replaces the config's ``--init`` (a previous stage's output folder
     instead of the path it had on the machine that trained it).
     """
-    parts = ["python -m menet train", "--data", *data_paths(config), "--split", config["split"],
+    parts = ["python -m menet train", "--data", *map(portable, data_paths(config)),
+             "--split", portable(config["split"]),
              "--split-key", config["split_key"], "--recipe", "fast",
              "--patches", config["patches"], "--patch-size", str(config["patch_size"]),
              "--patches-per-image", str(config["patches_per_image"]),
@@ -105,6 +106,16 @@ def stage_commands(configs: list[dict[str, Any]]) -> list[str]:
     outs = [f"RUN{i + 1}" for i in range(len(configs) - 1)] + ["RUN"]  # the card reads RUN
     return [reproduce_command(c, out=o, init=None if i == 0 else f"{outs[i - 1]}/model.safetensors")
             for i, (c, o) in enumerate(zip(configs, outs, strict=True))]
+
+
+def portable(path: str) -> str:
+    """``path`` as the card's commands write it: relative to the repository root
+    when it is an absolute path beside the repository (``../shared/data/...``);
+    any other path unchanged."""
+    p = Path(path)
+    if p.is_absolute() and p.resolve().is_relative_to(REPO.parent):
+        return os.path.relpath(p.resolve(), REPO)
+    return path
 
 
 def data_paths(config: dict[str, Any]) -> list[str]:

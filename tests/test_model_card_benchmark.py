@@ -52,6 +52,16 @@ def _card(l_psnr: float, h_psnr: float, note: str = "") -> dict[str, Any]:
     }
 
 
+def test_reproduce_command_writes_paths_beside_the_repo_relative_to_it() -> None:
+    shared = model_card.REPO.parent / "shared" / "data"
+    cmd = model_card.reproduce_command({**CONFIG, "data": [str(shared / "Rain100L")],
+                                        "split": str(shared / "rain100-split.json")})
+    assert "--data ../shared/data/Rain100L --split ../shared/data/rain100-split.json" in cmd
+    assert str(model_card.REPO.parent) not in cmd
+    elsewhere = model_card.reproduce_command({**CONFIG, "data": ["/elsewhere/Rain100L"]})
+    assert "--data /elsewhere/Rain100L " in elsewhere
+
+
 def test_render_marks_each_target() -> None:
     md = model_card.render(_card(35.8, 25.9))
     assert ("| Rain100L | Y, full image | one pass | 20.00 / 0.5000 | 35.80 / 0.9000 | "
