@@ -111,10 +111,11 @@ def stage_commands(configs: list[dict[str, Any]]) -> list[str]:
 def portable(path: str) -> str:
     """``path`` as the card's commands write it: relative to the repository root
     when it is an absolute path beside the repository (``../shared/data/...``);
-    any other path unchanged."""
-    p = Path(path)
-    if p.is_absolute() and p.resolve().is_relative_to(REPO.parent):
-        return os.path.relpath(p.resolve(), REPO)
+    any other path unchanged. The path is normalised lexically, never resolved: a
+    ``../shared`` that is a symlink stays ``../shared``."""
+    p = Path(os.path.normpath(path))
+    if p.is_absolute() and p.is_relative_to(REPO.parent):
+        return os.path.relpath(p, REPO)
     return path
 
 

@@ -133,3 +133,17 @@ def test_an_init_that_is_not_a_run_ends_the_chain_and_stays_in_the_command(
     (loop / "config.json").write_text(json.dumps({**CONFIG, "init": str(loop / "last.ckpt")}))
     assert model_card.run_stages(loop) == [loop]  # a run cannot start from itself
     assert model_card.stages_text([{"steps": 1}]) == ""
+
+
+def test_portable_does_not_follow_a_shared_symlink_out_of_the_repos_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent = tmp_path / "parent"
+    (parent / "repo").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "data" / "Rain100L").mkdir(parents=True)
+    (parent / "shared").symlink_to(tmp_path / "elsewhere")  # ../shared is a symlink
+    monkeypatch.setattr(model_card, "REPO", parent / "repo")
+    data = str(parent / "shared" / "data" / "Rain100L")
+    assert model_card.portable(data) == "../shared/data/Rain100L"
+    assert model_card.portable(str(parent / "repo" / "x" / ".." / "y")) == "y"
+    assert model_card.portable("/elsewhere/Rain100L") == "/elsewhere/Rain100L"
