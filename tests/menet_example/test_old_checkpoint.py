@@ -104,6 +104,7 @@ def test_the_new_code_writes_the_old_checkpoint(tmp_path: Path) -> None:
     new.pop("epoch_step", None)  # added after the split (0 at an epoch boundary)
     assert new["config"].pop("channels_last") is False  # added later; off unless asked
     assert new["config"].pop("init") is None  # added later (fine-tuning); none unless asked
+    assert new["config"].pop("procedural_rain") == 0  # added later; none unless asked
     # The strategy's own state is mtlweight's format (it may gain entries); that it
     # still loads is checked by the resume test below.
     old.pop("weighting"), new.pop("weighting")
@@ -122,7 +123,8 @@ def test_an_old_checkpoint_resumes_from_the_command_line(
     assert ckpt["config"] == {**load_checkpoint(old_checkpoint(tmp_path / "o"))["config"],
                               "out": str(out), "resume": True, "progress": False,
                               "channels_last": False,  # added later: the old layout kept
-                              "init": None}  # added later: a resumed run has no init file
+                              "init": None,  # added later: a resumed run has no init file
+                              "procedural_rain": 0}  # added later: none unless asked
     rows = (out / "log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["3", "4"]
     assert (out / "model.safetensors").is_file()

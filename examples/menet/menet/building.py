@@ -41,6 +41,7 @@ from .data import (
 )
 from .model import MENET, VARIANTS
 from .pretrained import bundled_weights
+from .procedural_rain import EpochConcat, ProceduralRainCrops
 
 __all__ = [
     "DeviceError",
@@ -308,13 +309,20 @@ def build_dataset(config: TrainConfig) -> Pairs:
         pairs = [pairs[i] for i in range(len(pairs))]  # type: ignore[arg-type]
     if config.patches == "tencrop":
         return TenCropPairs(pairs, size=config.patch_size)
-    return RandomCropPairs(
+    crops = RandomCropPairs(
         pairs,
         size=config.patch_size,
         flips=True,
         samples_per_image=config.patches_per_image,
         seed=config.seed,
     )
+    if not config.procedural_rain:
+        return crops
+    first = pairs.datasets[0] if isinstance(pairs, ConcatDataset) else pairs
+    clean = [first[i][1] for i in range(len(first))]  # type: ignore[arg-type]
+    rain = ProceduralRainCrops(clean, size=config.patch_size, seed=config.seed,
+                               samples_per_image=config.procedural_rain * config.patches_per_image)
+    return EpochConcat([crops, rain])
 
 
 # ----------------------------------------------------------------------------- optimisation

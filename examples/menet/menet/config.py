@@ -106,6 +106,13 @@ class TrainConfig:
         holds some out for evaluation.
     synthetic_seed, synthetic_repeats : int
         Seed of the synthetic rain, and rain patterns per image.
+    procedural_rain : int
+        Add crops of the clean images of the first ``data`` folder with procedural
+        rain of varied density, angle, width, length, blur and haze
+        (:class:`menet.procedural_rain.ProceduralRainCrops`), drawn anew every
+        epoch, ``procedural_rain`` times as many as one folder gives (so with
+        ``data`` = 16 x Rain100L + Rain100H and ``procedural_rain=2``, 2 of every
+        19 crops); 0 (the default) adds none. Random crops only.
     patches : {"tencrop", "random"}
         Ten fixed crops per image (the paper), or random crops.
     patch_size : int
@@ -231,6 +238,7 @@ class TrainConfig:
     compile: str | None = None
     skip_nonfinite: bool = False
     channels_last: bool = False
+    procedural_rain: int = 0
 
     def __post_init__(self) -> None:
         self.losses = tuple(self.losses)
@@ -257,6 +265,11 @@ class TrainConfig:
         for name in ("patch_size", "batch_size", "patches_per_image", "synthetic_repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; found {getattr(self, name)}")
+        if self.procedural_rain < 0:
+            raise ValueError(f"procedural_rain must be >= 0; found {self.procedural_rain}")
+        if self.procedural_rain and (self.data is None or self.patches != "random"):
+            raise ValueError("procedural_rain needs paired folders (data=...) and random crops "
+                             "(patches='random'): it rains on their clean images")
         if self.patch_size % 4:
             raise ValueError(
                 f"patch_size must be a multiple of 4 (texture loss uses 4x4 patches); "

@@ -192,6 +192,12 @@ def _add_train_data(g: Any) -> None:
         "--batch-size", type=int, help=f"patches per step ({_default('batch_size')})"
     )
     g.add_argument(
+        "--procedural-rain", type=int, metavar="K",
+        help="add crops of the first folder's clean images with procedural rain (varied "
+        "density, angle, width, blur, haze; new every epoch), K times as many as one folder "
+        f"gives ({_default('procedural_rain')})",
+    )
+    g.add_argument(
         "--workers", type=int, help=f"DataLoader workers ({_default('workers')})"
     )
     g.add_argument(
