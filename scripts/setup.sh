@@ -14,7 +14,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   "${PIP[@]}" "torch==2.13.0"
 fi
 if [ "${1:-}" = "test" ]; then
-  "${PIP[@]}" -e ".[test,docs]" -e examples/menet
+  "${PIP[@]}" -e ".[test,docs,qm9]" -e examples/menet
 else
   "${PIP[@]}" -e . -e examples/menet
 fi
