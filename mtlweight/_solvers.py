@@ -1,10 +1,12 @@
-r"""Shared numerical solvers of the weighting methods (numpy, float64, on the CPU).
+r"""Shared numerical solvers of the weighting methods (float64, numpy and torch).
 
 - :func:`balance`: the paper's balancing rule :math:`w_t = 1 - x_t / \sum_j x_j` (GB, LB);
 - :func:`project_simplex`: Euclidean projection onto the probability simplex;
 - :func:`min_norm_weights`: the min-norm point of the convex hull of the task
   gradients, from their Gram matrix (MGDA; CAGrad, MoCo, SDMGrad build on it);
 - :func:`dual_cone_weights`: projection onto the dual cone of the task gradients (UPGrad, DualProj);
+- :func:`solve_lcp`: linear complementarity problems of one matrix, many right-hand
+  sides at once, by batched block principal pivoting in torch (the two above);
 - :func:`fair_weights`: the solution of :math:`G w = w^{-1/\alpha}` (FairGrad; Nash-MTL at 1).
 
 The Gram-matrix solvers take a ``numpy`` array: ``gram.numpy()`` of the
@@ -26,6 +28,7 @@ __all__ = [
     "fair_weights",
     "min_norm_weights",
     "project_simplex",
+    "solve_lcp",
 ]
 
 Array = NDArray[np.float64]
@@ -106,10 +109,14 @@ def min_norm_weights(gram: Array, *, tol: float = 1e-12) -> Array:
         w^\star = \operatorname*{arg\,min}_{w \in \Delta^{T}} w^\top G w,
         \qquad \Delta^{T} = \{w \ge 0,\ \textstyle\sum_t w_t = 1\}
 
-    solved exactly (up to rounding) by Wolfe's min-norm-point algorithm on the
-    Gram matrix :math:`G = J J^\top`: a finite active-set method that keeps
-    its support affinely independent, so identical or zero gradients need no
-    special case.
+    solved exactly (up to rounding) on the Gram matrix :math:`G = J J^\top`.
+    When the min-norm point is not zero, :math:`w^\star = x / \mathbf 1^\top x`
+    with :math:`x` the solution of the complementarity problem
+    :math:`x \ge 0,\ G x - \mathbf 1 \ge 0,\ x^\top (G x - \mathbf 1) = 0`
+    (:func:`solve_lcp`: batched Cholesky solves, fast at hundreds of tasks). Where
+    that fails (0 in the hull, or :math:`G` singular on the support: identical
+    or zero gradients), Wolfe's min-norm-point algorithm: a finite active-set
+    method that keeps its support affinely independent.
 
     Parameters
     ----------
@@ -134,6 +141,20 @@ def min_norm_weights(gram: Array, *, tol: float = 1e-12) -> Array:
     if not scale > 0.0:
         return np.full(count, 1.0 / count)
     g = gram / scale
+    # With x >= 0, y = g x - 1 >= 0, x^T y = 0 (an LCP), w = x / sum(x) satisfies the
+    # simplex KKT conditions g w >= (w^T g w) 1 with equality on the support. Where 0 is in
+    # the hull (or g is singular on the support) the LCP has no solution: then Wolfe's method.
+    x, solved = solve_lcp(torch.from_numpy((g + g.T) / 2),
+                          torch.full((1, count), -1.0, dtype=torch.float64), tol=tol)
+    total = float(x.sum())
+    if bool(solved[0]) and np.isfinite(total) and total > 0.0:
+        return np.asarray(x[0].numpy() / total, dtype=np.float64)
+    return _wolfe_min_norm(g, tol=tol)
+
+
+def _wolfe_min_norm(g: Array, *, tol: float) -> Array:
+    """Wolfe's min-norm-point algorithm on a Gram matrix ``g`` whose largest diagonal is 1."""
+    count = g.shape[0]
     w = np.zeros(count)
     support = [int(np.argmin(np.diag(g)))]
     w[support[0]] = 1.0
@@ -201,6 +222,143 @@ def _nonneg_least_squares(a: Array, b: Array, *, tol: float) -> Array:
     return x
 
 
+def _restricted_solve(matrix: Tensor, q: Tensor, free: Tensor) -> tuple[Tensor, Tensor]:
+    """``x`` with ``x_F = -M_FF^{-1} q_F`` and ``x = 0`` off ``F``, for each row's ``F``.
+
+    Each row's principal submatrix is gathered into a batch padded to the
+    largest ``|F|`` (identity on the padding) and solved by Cholesky. Also
+    returns whether each factorisation succeeded.
+    """
+    sizes = free.sum(dim=1)
+    width = int(sizes.max())
+    x = torch.zeros_like(q)
+    if width == 0:
+        return x, torch.ones_like(sizes, dtype=torch.bool)
+    order = torch.argsort((~free).to(torch.int8), dim=1, stable=True)[:, :width]  # F first
+    valid = torch.arange(width, device=q.device) < sizes[:, None]
+    rows = matrix.index_select(0, order.flatten()).view(*order.shape, -1)
+    block = torch.gather(rows, 2, order[:, None, :].expand(-1, width, -1))
+    eye = torch.eye(width, dtype=q.dtype, device=q.device)
+    block = torch.where(valid[:, :, None] & valid[:, None, :], block, eye)
+    rhs = torch.where(valid, -q.gather(1, order), 0.0)
+    factor, info = torch.linalg.cholesky_ex(block)
+    solution = torch.cholesky_solve(rhs[:, :, None], factor)[:, :, 0]
+    x.scatter_(1, order, torch.where(valid, solution, 0.0))
+    return x, info == 0
+
+
+def _first_guess(matrix: Tensor, q: Tensor, steps: int) -> Tensor:
+    r"""Where ``x > 0`` after ``steps`` accelerated projected-gradient steps (FISTA) on
+    :math:`\min_{x \ge 0} \tfrac12 x^\top M x + q^\top x`, all rows at once."""
+    vector = torch.ones(matrix.shape[0], dtype=q.dtype, device=q.device)
+    for _ in range(30):  # the largest eigenvalue, by power iteration
+        vector = matrix @ vector
+        vector = vector / torch.clamp(vector.norm(), min=1e-300)
+    step = 1.0 / torch.clamp(vector @ matrix @ vector, min=1e-300)
+    x = previous = torch.zeros_like(q)
+    for k in range(steps):
+        y = x + (k / (k + 3)) * (x - previous)
+        previous, x = x, torch.clamp(y - step * (y @ matrix + q), min=0.0)
+    return x > 0
+
+
+def solve_lcp(matrix: Tensor, q: Tensor, *, tol: float = 1e-13,
+              max_iter: int | None = None, memory: int = 2**24,
+              warm_steps: int = 50) -> tuple[Tensor, Tensor]:
+    r"""Solve the linear complementarity problems of a positive definite :math:`M`, row by row.
+
+    .. math::
+
+        x \ge 0, \qquad y = M x + q \ge 0, \qquad x^\top y = 0
+
+    for each row ``q`` of a ``(K, T)`` tensor at once, by block principal
+    pivoting (Júdice and Pires 1994, with the backup rule of Kim and Park 2011):
+    guess the set :math:`F` where :math:`x > 0`, solve :math:`M_{FF} x_F = -q_F`,
+    and exchange every index that violates :math:`x \ge 0` or :math:`y \ge 0`;
+    when the number of violations stops falling for three rounds, exchange
+    only the largest violating index (Murty's rule, finite for positive
+    definite :math:`M`). Each round solves the ``K`` restricted systems
+    together (Cholesky, batched, on ``matrix``'s device), in chunks of about
+    ``memory`` bytes.
+
+    For a positive definite :math:`M` this is the unique solution of
+    :math:`\min_{x \ge 0} \tfrac12 x^\top M x + q^\top x`, found exactly (up to
+    rounding: every test uses ``tol`` times :math:`\max(1, \lVert q \rVert_\infty)`).
+
+    Parameters
+    ----------
+    matrix
+        Symmetric ``(T, T)`` tensor.
+    q
+        ``(K, T)`` tensor on the same device and of the same dtype.
+    tol
+        Relative tolerance of the tests :math:`x_F \ge 0` and :math:`y \ge 0`.
+    max_iter
+        Rounds at most (default ``3 T + 20``).
+    memory
+        Bytes of restricted systems to factorise at once.
+    warm_steps
+        Accelerated projected-gradient steps on all rows together (one
+        ``(K, T) @ (T, T)`` product each) whose support is the first guess of
+        :math:`F`; ``0``: :math:`F = \{t : q_t < 0\}`.
+
+    Returns
+    -------
+    tuple of Tensor
+        ``x`` (``(K, T)``, clamped to :math:`\ge 0`) and a ``(K,)`` boolean
+        tensor: whether each row's solution passed the optimality tests (a
+        failed factorisation, or no convergence, on a singular :math:`M`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> m = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+    >>> x, ok = solve_lcp(m, torch.tensor([[-1.0, 1.0], [-3.0, -3.0]], dtype=torch.float64))
+    >>> x, ok
+    (tensor([[0.5000, 0.0000],
+            [1.0000, 1.0000]], dtype=torch.float64), tensor([True, True]))
+    """
+    rows, count = q.shape
+    limit = 3 * count + 20 if max_iter is None else max_iter
+    scale = tol * torch.clamp(q.abs().amax(dim=1, keepdim=True), min=1.0)
+    free = _first_guess(matrix, q, warm_steps) if warm_steps else q < -scale
+    x = torch.zeros_like(q)
+    done = torch.zeros(rows, dtype=torch.bool, device=q.device)
+    ok = torch.zeros(rows, dtype=torch.bool, device=q.device)
+    fewest = torch.full((rows,), count + 1, device=q.device)
+    backup = torch.full((rows,), 3, device=q.device)
+    columns = torch.arange(count, device=q.device)
+    for _ in range(limit):
+        active = torch.nonzero(~done).flatten()
+        if active.numel() == 0:
+            break
+        sizes = free[active].sum(dim=1)
+        active = active[torch.argsort(sizes)]  # similar sizes share a padded chunk
+        width = max(int(sizes.max()), 1)
+        chunk = max(1, memory // (8 * width * width))
+        for start in range(0, active.numel(), chunk):
+            part = active[start:start + chunk]
+            xs, factored = _restricted_solve(matrix, q[part], free[part])
+            ys = q[part] + xs @ matrix
+            bad = (free[part] & (xs < -scale[part])) | (~free[part] & (ys < -scale[part]))
+            violations = bad.sum(dim=1)
+            finished = factored & (violations == 0)
+            failed = ~factored
+            x[part] = torch.where(finished[:, None], xs.clamp(min=0.0), x[part])
+            ok[part] |= finished
+            done[part] |= finished | failed
+            # exchange: all violators while their number falls (or for 3 rounds more),
+            # then only the largest violating index
+            fewer = violations < fewest[part]
+            fewest[part] = torch.where(fewer, violations, fewest[part])
+            backup[part] = torch.where(fewer, 3, backup[part] - (~fewer).long())
+            last = torch.where(bad, columns, -1).amax(dim=1)
+            single = columns == last[:, None]
+            flip = torch.where((backup[part] >= 0)[:, None], bad, single)
+            free[part] ^= flip & ~(finished | failed)[:, None]
+    return x, ok
+
+
 def dual_cone_weights(gram: Array, u: Array, *, tol: float = 1e-13) -> Array:
     r"""Weights of the projection of :math:`J^\top u` onto the dual cone of the rows of :math:`J`.
 
@@ -213,10 +371,15 @@ def dual_cone_weights(gram: Array, u: Array, *, tol: float = 1e-13) -> Array:
 
         w = \operatorname*{arg\,min}_{v \ge u} v^\top G v, \qquad G = J J^\top.
 
-    With :math:`v = u + s` and :math:`G = R^\top R` (from the eigendecomposition),
-    this is the non-negative least-squares problem
-    :math:`\min_{s \ge 0} \lVert R s + R u \rVert`, solved exactly (up to
-    rounding) by an active-set method: no regularisation of :math:`G`.
+    In :math:`y = n \odot v` (:math:`n_t = \lVert g_t \rVert`), with :math:`C`
+    the cosine matrix and :math:`y = n \odot u + s`, it is the complementarity
+    problem :math:`s \ge 0,\ C y \ge 0,\ s^\top C y = 0`, solved exactly (up to
+    rounding) for all ``K`` vectors together by :func:`solve_lcp` (block
+    principal pivoting, batched Cholesky solves): no regularisation of
+    :math:`G`. Where :math:`C` is singular (more tasks than the rank of :math:`J`,
+    repeated rows) and that fails, the non-negative least-squares problem
+    :math:`\min_{s \ge 0} \lVert R s + R\,(n \odot u) \rVert`
+    (:math:`C = R^\top R`) by the active-set method of Lawson and Hanson.
 
     Parameters
     ----------
@@ -224,7 +387,7 @@ def dual_cone_weights(gram: Array, u: Array, *, tol: float = 1e-13) -> Array:
         Symmetric positive semi-definite ``(T, T)`` array.
     u
         ``(T,)`` weights of the vector to project, or ``(K, T)``: ``K`` vectors
-        projected at once (one eigendecomposition of :math:`G` for all).
+        projected at once.
     tol
         Optimality tolerance on the cosines of the projection with the task gradients.
 
@@ -253,14 +416,21 @@ def dual_cone_weights(gram: Array, u: Array, *, tol: float = 1e-13) -> Array:
     # cosine matrix: its scale does not depend on how badly the rows are scaled.
     n = norms[live]
     cosines = gram[np.ix_(live, live)] / np.outer(n, n)
-    eigenvalues, vectors = np.linalg.eigh((cosines + cosines.T) / 2)
-    root = np.sqrt(np.clip(eigenvalues, 0.0, None))[:, None] * vectors.T  # C = R^T R
+    cosines = (cosines + cosines.T) / 2
     rows = result.reshape(-1, result.shape[-1])  # a view: the results land in ``result``
-    for row in rows:
-        lower = n * row[live]
-        slack = _nonneg_least_squares(root, -(root @ lower),
-                                      tol=tol * max(1.0, np.abs(lower).max()))
-        row[live] = (lower + slack) / n
+    lower = n * rows[:, live]
+    # y = lower + s, s >= 0, C y >= 0, s^T C y = 0: the LCP of C and q = C lower
+    matrix = torch.from_numpy(cosines)
+    slack, solved = solve_lcp(matrix, torch.from_numpy(lower) @ matrix, tol=tol)
+    slacks = slack.numpy()
+    unsolved = np.flatnonzero(~solved.numpy())
+    if unsolved.size:  # a singular C: the active-set NNLS on its square root
+        eigenvalues, vectors = np.linalg.eigh(cosines)
+        root = np.sqrt(np.clip(eigenvalues, 0.0, None))[:, None] * vectors.T  # C = R^T R
+        for k in unsolved:
+            slacks[k] = _nonneg_least_squares(root, -(root @ lower[k]),
+                                              tol=tol * max(1.0, np.abs(lower[k]).max()))
+    rows[:, live] = (lower + slacks) / n
     return result
 
 
