@@ -78,6 +78,8 @@ def reproduce_command(config: dict[str, Any], out: str = "RUN", init: str | None
         parts += ["--clip-grad-norm", f"{config['clip_grad_norm']:g}"]
     if config.get("amp"):
         parts.append("--amp")
+    if config.get("procedural_rain"):
+        parts += ["--procedural-rain", str(config["procedural_rain"])]
     init = init if init is not None else config.get("init")
     if init is not None:
         parts += ["--init", init]
@@ -134,7 +136,33 @@ def describe_stage(run: Path, config: dict[str, Any]) -> dict[str, Any]:
     with open(run / "log.csv", newline="") as f:
         last = list(csv.DictReader(f))[-1]
     return {"steps": int(last["step"]), "wall_seconds": float(last["time"]),
-            "data": data_names(config), "lr": config["lr"], "init": config.get("init")}
+            "data": data_names(config), "lr": config["lr"], "init": config.get("init"),
+            "procedural_rain": config.get("procedural_rain", 0)}
+
+
+def after_bundled(stored: dict[str, Any], stages: list[dict[str, Any]], commands: list[str],
+                  ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Stages and commands of a chain whose first run started from the bundled model
+    (``--init bundled``): the bundled card's own (``stored``) go first.
+
+    The bundled model's last command writes ``RUNk`` instead of ``RUN`` and the
+    first new run starts from ``RUNk/model.safetensors``; without a stored chain
+    (an older card) nothing changes; a stored card that already ends with these
+    stages (``--score-only`` after shipping) is returned as it is.
+    """
+    before = stored.get("training", {}).get("stages")
+    if stages[0].get("init") != "bundled" or not before:
+        return stages, commands
+    if before[-len(stages):] == stages:
+        return before, stored["command"].splitlines()
+    old = stored["command"].splitlines()
+    k = len(old)
+    last = old[-1].removesuffix("--out RUN")
+    if last == old[-1]:
+        raise ValueError(f"the bundled card's last command does not end in '--out RUN': {last}")
+    old[-1] = f"{last}--out RUN{k}"
+    first = commands[0].replace("--init bundled ", f"--init RUN{k}/model.safetensors ")
+    return [*stored["training"]["stages"], *stages], [*old, first, *commands[1:]]
 
 
 def score(weights: Path, data: Path, split: Path, ensembles: Sequence[Ensemble] = ("none",),
@@ -195,7 +223,11 @@ def stages_text(stages: list[dict[str, Any]]) -> str:
         counts = {n: names.count(n) for n in dict.fromkeys(names)}
         return " + ".join(n if k == 1 else f"{k}x {n}" for n, k in counts.items())
 
-    parts = [f"{s['steps']} steps on {data(s['data'])} at lr {s['lr']:g}" for s in stages]
+    def rain(k: int) -> str:
+        return f" + {k}x procedural rain" if k else ""
+
+    parts = [f"{s['steps']} steps on {data(s['data'])}{rain(s.get('procedural_rain', 0))} "
+             f"at lr {s['lr']:g}" for s in stages]
     return (f"in {len(stages)} runs, each after the first starting from the previous one's "
             f"weights (`--init`): {'; then '.join(parts)}; ")
 
@@ -220,6 +252,15 @@ def score_rows(card: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def procedural_text(training: dict[str, Any]) -> str:
+    """What the card says about procedural rain in the mix (empty without it)."""
+    if not any(s.get("procedural_rain") for s in training.get("stages", [])):
+        return ""
+    return ("(from the run that adds it on, also their clean images with procedural rain of "
+            "varied density, angle, width, blur and haze, `--procedural-rain`, new every "
+            "epoch) ")
+
+
 def render(card: dict[str, Any]) -> str:
     head = ["test set (28 ids)", "protocol", "inference", "input PSNR / SSIM",
             "output PSNR / SSIM", "target"]
@@ -236,6 +277,7 @@ def render(card: dict[str, Any]) -> str:
            "per image; same weights.", ""] if card.get("ensemble_scores") else []),
         f"Trained with the project's own CLI on the {t['train_images']} `train` ids of "
         "`rain100-split.json` in Rain100L **and** Rain100H together "
+        f"{procedural_text(t)}"
         f"({t['steps']} steps of {t['batch_size']} random {t['patch_size']} px crops, "
         f"{t['weighting'].upper()} weighting, recipe `fast`, texture loss as the "
         f"{'mean' if t['texture_normalize'] else 'sum'} over Gram entries"
@@ -279,7 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     stages = run_stages(args.run)
     configs = [json.loads((r / "config.json").read_text()) for r in stages]
     config = configs[-1]
-    described = [describe_stage(r, c) for r, c in zip(stages, configs, strict=True)]
+    pack_card = args.weights.with_suffix(".json")
+    stored = json.loads(pack_card.read_text()) if pack_card.is_file() else {}
+    described, commands = after_bundled(
+        stored, [describe_stage(r, c) for r, c in zip(stages, configs, strict=True)],
+        stage_commands(configs))
     training = {
         "data": data_names(config),
         "split": "rain100-split.json (train ids)", "train_images": len(load_split(split)["train"]),
@@ -292,11 +338,13 @@ def main(argv: list[str] | None = None) -> int:
         "amp": bool(config.get("amp", False)),
     }
     card: dict[str, Any] = {
-        "description": "MENET shallow-ca trained on Rain100L + Rain100H train ids (fast recipe"
+        "description": "MENET shallow-ca trained on Rain100L + Rain100H train ids"
+                       + (" and procedural rain" if procedural_text(training) else "")
+                       + " (fast recipe"
                        + ("" if config["texture_normalize"] else ", texture loss summed")
                        + (", bfloat16 autocast" if config.get("amp") else "") + ")",
         "data": training["data"], "steps": training["steps"], "weighting": config["weighting"],
-        "training": training, "command": "\n".join(stage_commands(configs)),
+        "training": training, "command": "\n".join(commands),
         "machine": machine(),
         "note": args.note,
     }
@@ -307,7 +355,6 @@ def main(argv: list[str] | None = None) -> int:
     card["scores"] = scores["none"]
     card["ensemble"] = args.ensemble
     card["ensemble_scores"] = None if args.ensemble == "none" else scores[args.ensemble]
-    pack_card = args.weights.with_suffix(".json")
     stored = json.loads(pack_card.read_text()) if pack_card.is_file() else {}
     pack_card.write_text(json.dumps({**stored, **card}, indent=2, sort_keys=True) + "\n")
     args.markdown.write_text(render(card), encoding="utf-8")

@@ -147,3 +147,36 @@ def test_portable_does_not_follow_a_shared_symlink_out_of_the_repos_parent(
     assert model_card.portable(data) == "../shared/data/Rain100L"
     assert model_card.portable(str(parent / "repo" / "x" / ".." / "y")) == "y"
     assert model_card.portable("/elsewhere/Rain100L") == "/elsewhere/Rain100L"
+
+
+def test_a_run_from_the_bundled_model_follows_the_bundled_chain(tmp_path: Path) -> None:
+    """--init bundled: the stored card's stages and commands come first, its RUN renamed."""
+    run = _run(tmp_path / "run", 1500, 900.0, init="bundled", procedural_rain=3, lr=2e-4,
+               data=["L", "L", "H"])
+    mine = [model_card.describe_stage(run, json.loads((run / "config.json").read_text()))]
+    assert mine[0]["procedural_rain"] == 3
+    commands = model_card.stage_commands([json.loads((run / "config.json").read_text())])
+    assert "--procedural-rain 3 --init bundled --out RUN" in commands[0]
+    old = [{"steps": 12000, "wall_seconds": 6000.0, "data": ["L", "H"], "lr": 1e-3,
+            "init": None},
+           {"steps": 3000, "wall_seconds": 1000.0, "data": ["L", "L", "H"], "lr": 3e-4,
+            "init": "/x/model.safetensors"}]
+    stored = {"training": {"stages": old},
+              "command": "train --out RUN1\ntrain --init RUN1/model.safetensors --out RUN"}
+    stages, cmds = model_card.after_bundled(stored, mine, commands)
+    assert stages == [*old, *mine]
+    assert cmds[:2] == ["train --out RUN1", "train --init RUN1/model.safetensors --out RUN2"]
+    assert cmds[2].endswith("--procedural-rain 3 --init RUN2/model.safetensors --out RUN")
+    text = model_card.stages_text(stages)
+    assert "in 3 runs" in text
+    assert "then 1500 steps on 2x L + H + 3x procedural rain at lr 0.0002" in text
+    # Scored again after shipping: the card already holds the chain, unchanged.
+    shipped = {"training": {"stages": stages}, "command": "\n".join(cmds)}
+    assert model_card.after_bundled(shipped, mine, commands) == (stages, cmds)
+    # A card without a chain, or a run not from the bundled model: nothing added.
+    assert model_card.after_bundled({}, mine, commands) == (mine, commands)
+    assert model_card.after_bundled(stored, old[:1], ["c"]) == (old[:1], ["c"])
+    card = _card(35.9, 26.8)
+    card["training"]["stages"] = stages
+    assert "procedural rain of varied density" in model_card.render(card)
+    assert "procedural" not in model_card.render(_card(35.9, 26.8))
