@@ -111,6 +111,7 @@ def test_count_flops_of_a_convolution(b: int, cin: int, cout: int, h: int, w: in
     assert flops == 2 * b * cout * cin * 9 * h * w
 
 
+@pytest.mark.slow
 def test_speed_quick_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "speed.json"
     assert speed.main(["--quick", "--no-threads", "--out", str(out)]) == 0
@@ -159,6 +160,7 @@ def _fake_data(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_quality_quick_on_tiny_data(tmp_path: Path) -> None:
     root = _fake_data(tmp_path / "data")
     out = tmp_path / "quality.json"
@@ -185,6 +187,7 @@ def test_quality_quick_on_tiny_data(tmp_path: Path) -> None:
     assert len(list(runs.rglob("last.ckpt"))) == 4
 
 
+@pytest.mark.slow
 def test_quality_resumes_an_interrupted_run(tmp_path: Path) -> None:
     """A run cut short (its checkpoint at step 1 of 2) continues from that checkpoint."""
     root = _fake_data(tmp_path / "data")
@@ -232,6 +235,7 @@ def test_recipe_rows_are_leave_one_out() -> None:
         assert all(paper.get(k, missing) != v for k, v in change.items())
 
 
+@pytest.mark.slow
 def test_recipe_quick_on_tiny_data(tmp_path: Path) -> None:
     root = _fake_data(tmp_path / "data")
     out = tmp_path / "recipe.json"

@@ -208,6 +208,7 @@ def test_weighting_adds_no_graph_break_or_recompilation() -> None:
     assert len(convolutions) == 3, graphs[0].code  # the whole model is in the graph
 
 
+@pytest.mark.slow
 def test_aot_eager_training_matches_eager() -> None:
     """Compiled forward and backward graphs (AOTAutograd): GB and LB train as in eager mode.
 

@@ -410,6 +410,7 @@ def expected_grad(records: list[dict[str, Any]], step: int, accumulate: bool) ->
 
 
 # ------------------------------------------------------------------- tests
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", _params("identical", lambda s: s["id"] != "lb-unsynced"))
 def test_weights_identical_across_ranks(ddp: Results, scenario: str) -> None:
     """Every rank computes exactly the same weights at every step (and micro-batch)."""
@@ -423,6 +424,7 @@ def test_weights_identical_across_ranks(ddp: Results, scenario: str) -> None:
     assert np.all(np.isfinite(records[0]["weights"]))
 
 
+@pytest.mark.slow
 def test_unsynced_weights_differ_across_ranks(ddp: Results) -> None:
     """Control: with ``sync=False`` each rank weights its own losses, so the weights differ."""
     records = ddp.get("lb-unsynced")
@@ -431,6 +433,7 @@ def test_unsynced_weights_differ_across_ranks(ddp: Results) -> None:
     assert torch.equal(records[0]["final"], records[1]["final"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", _params("identical"))
 def test_parameters_identical_across_ranks(ddp: Results, scenario: str) -> None:
     """The model's (and the weighting's own) parameters are identical on every rank."""
@@ -451,6 +454,7 @@ def test_parameters_identical_across_ranks(ddp: Results, scenario: str) -> None:
     assert not torch.equal(records[0]["final"], records[0]["params"][0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", _params("grad", lambda s: s.get("linear")))
 def test_grad_is_rank_average_of_weighted_task_gradients(ddp: Results, scenario: str) -> None:
     """``.grad`` after backward is DDP's average of each rank's ``sum_t w_t grad L_t``.
@@ -473,6 +477,7 @@ def test_grad_is_rank_average_of_weighted_task_gradients(ddp: Results, scenario:
             )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", _params("exact", lambda s: s.get("exact")))
 def test_matches_single_process_on_combined_batch(ddp: Results, scenario: str) -> None:
     """DDP on 2 x 4 samples equals one process on the 8 samples: weights, .grad, parameters."""
@@ -494,6 +499,7 @@ def test_matches_single_process_on_combined_batch(ddp: Results, scenario: str) -
     torch.testing.assert_close(records[0]["final"], single["final"], rtol=rtol, atol=atol)
 
 
+@pytest.mark.slow
 def test_gb_weights_use_the_combined_batch_gradient_norms(ddp: Results) -> None:
     """GB's weights under DDP: the balance of the norms of the rank-averaged task gradients.
 
@@ -509,6 +515,7 @@ def test_gb_weights_use_the_combined_batch_gradient_norms(ddp: Results) -> None:
     np.testing.assert_allclose(records[0]["weights"][0][0], expected, rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_distributed_helpers_under_ddp(ddp: Results) -> None:
     """``all_reduce_mean`` averages over ranks: strided input, float16 sum overflow, integers."""
     records = ddp.get("helpers")
@@ -527,6 +534,7 @@ def test_distributed_helpers_under_ddp(ddp: Results) -> None:
         assert "floating-point" in record["int_error"] and "int64" in record["int_error"]
 
 
+@pytest.mark.slow
 def test_static_graph_with_gradient_probing_skips_the_reduction(ddp: Results) -> None:
     """Known PyTorch limitation, pinned so that the documented warning is revisited.
 
@@ -545,6 +553,7 @@ def test_static_graph_with_gradient_probing_skips_the_reduction(ddp: Results) ->
         assert not torch.equal(records[0]["grads"][step], records[1]["grads"][step])
 
 
+@pytest.mark.slow
 def test_gb_rejects_a_representation_no_loss_reaches(ddp: Results) -> None:
     """The features DDP returns with ``find_unused_parameters=True`` are a copy no loss uses.
 
@@ -558,6 +567,7 @@ def test_gb_rejects_a_representation_no_loss_reaches(ddp: Results) -> None:
         assert "representation" in record.get("error", ""), record.get("weights")
 
 
+@pytest.mark.slow
 def test_a_nan_on_one_rank_raises_on_every_rank(ddp: Results) -> None:
     """A non-finite loss on one process stops every process with a clear error, no hang.
 
@@ -574,12 +584,14 @@ def test_a_nan_on_one_rank_raises_on_every_rank(ddp: Results) -> None:
     )
 
 
+@pytest.mark.slow
 def test_a_failing_scenario_is_reported_with_its_error(ddp: Results) -> None:
     """The launcher reports a scenario's traceback (and keeps every other scenario's records)."""
     assert "unknown weighting 'no-such-strategy'" in ddp.failures["broken"]
     assert set(ddp.records) == {s["id"] for s in [*RUNNABLE, *LIMITS]} | {"helpers"}
 
 
+@pytest.mark.slow
 def test_a_hanging_run_is_killed(tmp_path: Path) -> None:
     """A run that does not finish within its time is killed and reported as timed out."""
     timed_out, _ = _launch([{"id": "hang", "sleep": 600}], tmp_path, timeout=3.0)

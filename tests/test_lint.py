@@ -27,6 +27,7 @@ def test_ruff() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_mypy() -> None:
     pytest.importorskip("mypy")
     result = _run(sys.executable, "-m", "mypy", "-p", "mtlweight")

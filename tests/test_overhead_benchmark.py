@@ -14,6 +14,7 @@ sys.path.insert(0, str(BENCHMARKS))
 overhead = pytest.importorskip("overhead")
 
 
+@pytest.mark.slow
 def test_overhead_quick_writes_ratios_to_fixed(tmp_path: Path) -> None:
     out = tmp_path / "overhead.json"
     argv = ["--quick", "--device", "cpu", "--methods", "lb", "gb_last", "gb_repr", "pcgrad",
@@ -30,12 +31,14 @@ def test_overhead_quick_writes_ratios_to_fixed(tmp_path: Path) -> None:
     assert data["targets"] == {"lb": 1.02, "gb_last": 1.10, "gb_repr": 1.05}
 
 
+@pytest.mark.slow
 def test_memory_probe_reports_a_positive_peak() -> None:
     import torch
 
     assert overhead.peak_memory("lb", torch.device("cpu"), 1, 32) > 0
 
 
+@pytest.mark.slow
 def test_memory_probe_measures_the_child_alone() -> None:
     """Each strategy's peak comes from its own fresh process: inflating this process's peak
     by 1 GiB does not move the child's (``ru_maxrss`` is carried over exec; issue 13 saw the

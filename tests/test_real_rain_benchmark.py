@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -16,21 +15,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 pytest.importorskip("menet")
 real_rain = pytest.importorskip("real_rain")
-
-
-def _fake_data(root: Path) -> Path:
-    """Rain100L-like folder of 3 tiny pairs (ids 1-3) and a split with test ids 2, 3."""
-    rng = np.random.default_rng(0)
-    for sub in ("rain", "norain"):
-        (root / "Rain100L" / sub).mkdir(parents=True)
-    for i in range(1, 4):
-        clean = rng.integers(0, 200, (36, 40, 3), dtype=np.uint8)
-        rain = np.clip(clean.astype(int) + rng.integers(0, 60, clean.shape), 0, 255)
-        Image.fromarray(clean).save(root / "Rain100L" / "norain" / f"norain-{i:03d}.png")
-        Image.fromarray(rain.astype(np.uint8)).save(
-            root / "Rain100L" / "rain" / f"rain-{i:03d}.png")
-    (root / "rain100-split.json").write_text(json.dumps({"train": [1], "test": [2, 3]}))
-    return root
+from test_benchmarks import _fake_data  # noqa: E402  (4 tiny Rain100L pairs, test id 4)
 
 
 def test_procedural_pairs_are_fixed_per_seed_and_differ_by_kind() -> None:
@@ -58,7 +43,7 @@ def test_quick_run_scores_each_model_and_draws_the_figure(tmp_path: Path) -> Non
             "--models", f"one={BUNDLED}", f"two={BUNDLED}"]
     assert real_rain.main(argv) == 0
     result = json.loads(out.read_text())
-    assert result["sets"] == ["Rain100L", "dense", "mist", "mixed"] and result["images"] == 2
+    assert result["sets"] == ["Rain100L", "dense", "mist", "mixed"] and result["images"] == 1
     assert result["scores"]["one"] == result["scores"]["two"]  # same file, same scores
     assert result["models"]["one"]["file"] == str(BUNDLED.relative_to(real_rain.REPO))
     for s in result["sets"]:

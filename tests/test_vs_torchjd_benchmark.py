@@ -90,6 +90,7 @@ def _trunk_gradient(library: str, name: str) -> object:
     return torch.cat([p.grad.reshape(-1) for p in shared])  # type: ignore[union-attr]
 
 
+@pytest.mark.slow
 def test_memory_probe_runs_in_a_fresh_process() -> None:
     import torch
 

@@ -50,6 +50,7 @@ def test_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
         assert word in out
 
 
+@pytest.mark.slow
 def test_python_dash_m_menet_help() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(Path(mtrain.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
@@ -71,6 +72,7 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
     assert "multiple of 4" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_then_resume_then_evaluate(data: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
@@ -123,6 +125,7 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(
     assert (out / "last.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_both_protocols_on_synthetic_rain_and_input_only(
     weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -163,6 +166,7 @@ def test_derain_command_processes_good_files_and_names_the_bad_one(
     assert "missing.safetensors" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_quick_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0

@@ -119,6 +119,7 @@ def _tiny(data: Path, out: Path, **kw: Any) -> TrainConfig:
     return TrainConfig(**options)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weighting", ["gb", "lb"])
 def test_compiled_training_matches_eager_training(
     rain100l_folder: Path, tmp_path: Path, weighting: str

@@ -127,6 +127,7 @@ def trained_net() -> MENET:
     return net.eval()
 
 
+@pytest.mark.slow
 def test_tiled_output_matches_untiled_output(trained_net: MENET) -> None:
     """Documented bound: with overlap 64, tiles of 128 px differ from the whole image by
     at most 0.015 (about 4 grey levels) and 0.001 on average (measured: 0.004 / 0.0003).

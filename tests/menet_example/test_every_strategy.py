@@ -18,6 +18,7 @@ from menet.train import TrainConfig, build_weighting, train
 LOSSES = ("pixel", "edge", "texture")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", mw.available())
 def test_training_with_every_strategy(name: str, rain100l_folder: Path, tmp_path: Path) -> None:
     config = TrainConfig(

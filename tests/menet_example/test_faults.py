@@ -97,6 +97,7 @@ def leftovers(folder: Path) -> list[str]:
 # ----------------------------------------------------------------------------- SIGKILL mid-write
 
 
+@pytest.mark.slow
 def test_sigkill_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(
     rain100l_folder: Path, tmp_path: Path
 ) -> None:
@@ -171,6 +172,7 @@ def _killed_writer_main(spec_path: str) -> int:  # pragma: no cover - runs in th
     ("code", "where"),
     [(errno.ENOSPC, "fsync"), (errno.ENOSPC, "write"), (errno.EROFS, "create")],
 )
+@pytest.mark.slow
 def test_a_full_or_read_only_disk_is_a_clear_error_and_the_checkpoint_survives(
     rain100l_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, where: str
 ) -> None:
@@ -299,6 +301,7 @@ def test_resume_from_a_crafted_checkpoint_is_refused(rain100l_folder: Path, tmp_
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_derain_command_refuses_crafted_weights(tmp_path: Path) -> None:
     marker = tmp_path / "PWNED"
     weights = crafted_files(tmp_path, marker)[3]  # a torch pickle named model.safetensors
@@ -329,6 +332,7 @@ def test_truncated_training_checkpoint_names_the_file_on_resume(
         train(tiny(rain100l_folder, out, resume=True))
 
 
+@pytest.mark.slow
 def test_train_command_with_a_truncated_checkpoint_exits_with_the_file_named(
     tmp_path: Path,
 ) -> None:

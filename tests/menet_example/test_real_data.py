@@ -37,6 +37,7 @@ pytestmark = [
 N_TEST = 4
 
 
+@pytest.mark.slow
 def test_short_training_on_rain100l_beats_the_input(tmp_path: Path) -> None:
     """Shallow MENET, GB on pixel+edge+texture, 150 steps of 8 random 64 px patches.
 

@@ -101,6 +101,7 @@ def test_variant_choices_come_from_the_model_table(capsys: pytest.CaptureFixture
     assert "--variant {" + ",".join(sorted(VARIANTS)) + "}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_fast_recipe_reaches_the_scheduler_and_the_clipping(tmp_path: Path) -> None:
     """A 4-step CLI run: the logged rate follows lr/2 (1 + cos(pi k / 4)), as cosine decay does."""
     out = tmp_path / "run"

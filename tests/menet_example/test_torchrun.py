@@ -186,6 +186,7 @@ def test_the_global_batch_must_split_evenly() -> None:
 # ----------------------------------------------------------------------------- resume across sizes
 
 
+@pytest.mark.slow
 def test_one_process_checkpoint_resumes_on_two_processes_with_torchrun(
     rain100l_folder: Path, tmp_path: Path
 ) -> None:
@@ -219,6 +220,7 @@ def test_one_process_checkpoint_resumes_on_two_processes_with_torchrun(
     assert (out / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_two_process_checkpoint_resumes_in_one_process(
     rain100l_folder: Path, tmp_path: Path
 ) -> None:
@@ -251,6 +253,7 @@ def test_two_process_checkpoint_resumes_in_one_process(
 # ----------------------------------------------------------------------------- NaN on one rank
 
 
+@pytest.mark.slow
 def test_a_nan_on_one_rank_stops_every_rank_naming_step_and_task(
     rain100l_folder: Path, tmp_path: Path
 ) -> None:
@@ -265,6 +268,7 @@ def test_a_nan_on_one_rank_stops_every_rank_naming_step_and_task(
         assert "'pixel'" in text
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_skips_the_step_on_every_rank_together(
     rain100l_folder: Path, tmp_path: Path
 ) -> None:

@@ -185,6 +185,7 @@ def test_epoch_permutation_is_a_permutation_fixed_by_seed_and_epoch(
 # ----------------------------------------------------------------------------- one step
 
 
+@pytest.mark.slow
 def test_a_tiny_model_overfits_one_batch() -> None:
     torch.manual_seed(0)
     net = MENET(blocks=1, channel_attention=False)
@@ -217,6 +218,7 @@ def test_bfloat16_autocast_step_on_cpu() -> None:
 # ----------------------------------------------------------------------------- full runs
 
 
+@pytest.mark.slow
 def test_training_writes_log_plots_weights_and_follows_the_schedule(tmp_path: Path) -> None:
     data = make_pairs(tmp_path / "data")
     cfg = tiny_config(data, tmp_path / "run", epochs=None, steps=5, weighting="lb")
@@ -241,6 +243,7 @@ class _CrashError(Exception):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(
     tmp_path: Path, workers: int
@@ -268,6 +271,7 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(
     assert log_rows(straight.log) == log_rows(resumed.log)
 
 
+@pytest.mark.slow
 def test_keyboard_interrupt_keeps_the_checkpoint_and_resume_finishes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -293,6 +297,7 @@ def test_keyboard_interrupt_keeps_the_checkpoint_and_resume_finishes(
     assert log_rows(straight.log) == log_rows(resumed.log)
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_settings(tmp_path: Path) -> None:
     data = make_pairs(tmp_path / "data")
     train(tiny_config(data, tmp_path / "run", epochs=1))
@@ -300,6 +305,7 @@ def test_resume_refuses_changed_settings(tmp_path: Path) -> None:
         train(tiny_config(data, tmp_path / "run", epochs=1, lr=0.01, resume=True))
 
 
+@pytest.mark.slow
 def test_learnable_weighting_parameters_are_optimised(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -327,6 +333,7 @@ def test_learnable_weighting_parameters_are_optimised(
     assert not torch.equal(state["weighting"]["log_w"], torch.zeros(3))
 
 
+@pytest.mark.slow
 def test_a_run_killed_by_sigkill_resumes_to_the_same_weights(tmp_path: Path) -> None:
     """SIGKILL a training subprocess once its first checkpoint is on disk; resume in-process."""
     data = make_pairs(tmp_path / "data", n=1)
@@ -367,6 +374,7 @@ def test_moving_average_matches_a_direct_loop(values: list[float], window: int) 
     np.testing.assert_allclose(moving_average(x, window), expected, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_plots_read_a_log_with_skipped_column(tmp_path: Path) -> None:
     from menet.plots import plot_training_log, read_log
 

@@ -116,6 +116,7 @@ def sigint_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
     monkeypatch.setattr(mtrain, "train_step", step)
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_the_first_epoch_checkpoints_that_step_and_resumes_exactly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -158,6 +159,7 @@ def test_an_interrupt_before_any_checkpoint_does_not_advise_resume(
 # ----------------------------------------------------------------------------- the demo
 
 
+@pytest.mark.slow
 def test_quick_demo_ends_by_naming_its_model_and_the_derain_command(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -196,6 +198,7 @@ def test_lr_drops_finds_the_step_schedule_milestone(milestone: int) -> None:
     assert lr_drops(steps, np.array(rates)) == []  # ... are not drops
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["step", "cosine"])
 def test_weight_plot_with_either_schedule(tmp_path: Path, schedule: str) -> None:
     n = 200
@@ -231,6 +234,7 @@ print(seen["torch"], configure_threads() <= available_cpus())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
 def test_omp_wait_policy_is_passive_before_torch_loads(given: str | None, expected: str) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}

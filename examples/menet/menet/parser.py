@@ -160,6 +160,10 @@ def _add_train(sub: Any) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--out", metavar="DIR", help=f"output directory ({_default('out')})")
     g.add_argument("--resume", action="store_true", help="continue from <out>/last.ckpt")
+    g.add_argument(
+        "--force", action="store_true",
+        help="start a new run in an --out that already holds one, replacing it",
+    )
     g.add_argument("--dry-run", action="store_true", help="run a single step")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
@@ -359,6 +363,7 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=10, help="images/crops per batch (default 10)")
     _add_ensemble(p)
     p.add_argument("--out", metavar="DIR", help="write CSV, plots and a grid here")
+    p.add_argument("--force", action="store_true", help="replace results already in --out")
 
 
 def _add_derain(sub: Any) -> None:
@@ -369,6 +374,9 @@ def _add_derain(sub: Any) -> None:
             "De-rain images with a trained model (default: the bundled pretrained model). "
             "Outputs keep the input's size and format (PNG->PNG, JPEG->JPEG quality --quality). "
             "Large images are processed in overlapping tiles blended with a smooth ramp. "
+            "Photos are de-rained upright (EXIF orientation) and keep their EXIF, colour "
+            "profile, transparency and greyscale. Results already in --out are never "
+            "replaced without --force. "
             "Unreadable files are reported and skipped; the exit code is 1 if any failed."
         ),
     )
@@ -377,6 +385,12 @@ def _add_derain(sub: Any) -> None:
         "--weights", metavar="FILE", help="model.safetensors or a .ckpt (default: bundled model)"
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--force", action="store_true", help="replace results already in --out")
+    existing.add_argument(
+        "--skip-existing", action="store_true",
+        help="keep results already in --out and de-rain only the other images",
+    )
     p.add_argument("--tile", type=int, default=512, help="tile side, 0 = whole image (default 512)")
     p.add_argument(
         "--overlap",
