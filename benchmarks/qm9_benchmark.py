@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     common.add_argument("--no-progress", action="store_true")
     common.add_argument(
+        "--device", default=None, help="cuda, cpu, ... (default: cuda if available, else cpu)"
+    )
+    common.add_argument(
         "--runs-dir", type=Path, default=DEFAULT_RUNS, help="checkpoints (default %(default)s)"
     )
     common.add_argument(
@@ -126,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from qm9.train import atomic_write_json, run
 
     torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = args.results or RESULTS / f"qm9-{args.protocol}-runs"
 
     def log(message: str) -> None:
@@ -153,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = _overrides(args)
     if args.command == "run":
         config = preset(args.protocol, **overrides)
-        result = run(config, graphs, args.runs_dir / args.protocol / config.name, log=log)
+        folder = args.runs_dir / args.protocol / config.name
+        result = run(config, graphs, folder, log=log, device=device)
         atomic_write_json(results / f"{config.name}.json", result)
         log(json.dumps({"test_mae": result["test_mae"]}))
         return 0
@@ -176,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results_dir=results,
         log=log,
         commit=args.commit,
+        device=device,
     )
     return 0
 

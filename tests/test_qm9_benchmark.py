@@ -282,3 +282,67 @@ def test_sweep_skips_finished_runs(graphs: data.Graphs, tmp_path: Path) -> None:
     )
     assert len(sweep.sweep(runs, graphs, **kwargs)) == 2
     assert sweep.sweep(runs, graphs, **kwargs) == []
+
+
+# ----------------------------------------------------------------------------- report
+def _fake_run(method: str, seed: int, mae: list[float], *, task: str | None = None,
+              lr: float = 1e-3, step: float = 1.0) -> dict[str, Any]:  # fmt: skip
+    config = preset("cpu", method=method, task=task, seed=seed, lr=lr, targets=(0, 2))
+    return {
+        "config": config.to_json(), "tasks": ["mu", "homo"], "units": ["D", "eV"],
+        "finished": True, "test_mae": mae, "val_mae": mae, "median_step_seconds": step,
+        "mean_predictor_test_mae": [2.0, 2.0],
+    }  # fmt: skip
+
+
+def test_report_table_by_hand(tmp_path: Path) -> None:
+    from qm9 import report
+
+    runs = [
+        _fake_run("stl", 0, [1.0, 9.0], task="mu"), _fake_run("stl", 0, [9.0, 0.5], task="homo"),
+        _fake_run("equal", 0, [1.2, 0.6]), _fake_run("equal", 1, [1.4, 0.6], step=3.0),
+        _fake_run("equal", 0, [3.0, 3.0], lr=3e-3), _fake_run("equal", 1, [3.0, 3.2], lr=3e-3),
+        _fake_run("mgda", 0, [1.0, 0.5], step=2.0), _fake_run("mgda", 1, [1.02, 0.52], step=4.0),
+    ]  # fmt: skip
+    table = report.build_table(runs)
+    rows = {(r["method"], r["lr"]): r for r in table["rows"]}
+    ls, mgda = rows[("equal", 1e-3)], rows[("mgda", 1e-3)]
+    # Δm of LS seed 0: (0.2/1 + 0.1/0.5) / 2 = 20 %; seed 1: (0.4 + 0.2) / 2 = 30 %
+    assert ls["delta_m_seeds"] == pytest.approx([20.0, 30.0])
+    assert ls["delta_m_sd"] == pytest.approx(np.std([20.0, 30.0], ddof=1))
+    assert mgda["delta_m_seeds"] == pytest.approx([0.0, 3.0])  # (0.02 + 0.02 / 0.5) / 2
+    assert table["tuned_ls"]["lr"] == 1e-3  # the lower validation Δm of the two LS rates
+    assert mgda["verdict"].startswith("beats tuned LS")  # -23.5 ± 2 sqrt(50 / 2 + 4.5 / 2)
+    assert rows[("equal", 3e-3)]["verdict"].startswith("worse")
+    assert mgda["step_ratio"] == pytest.approx(3.0 / 2.0)  # medians 3 over LS's median 2
+    assert mgda["mean_rank"] == 1.0 and ls["mean_rank"] == 2.0
+    assert rows[("equal", 3e-3)]["mean_rank"] is None  # not a main row
+    assert table["mean_predictor"]["delta_m"] == pytest.approx(
+        ((2 - 1) / 1 + (2 - 0.5) / 0.5) / 2 * 100
+    )
+    text = report.render(table, planned=10, protocol="cpu")
+    assert "Partial: 8 of 10 runs" in text and "MGDA" in text and "homo [meV]" in text
+
+
+def test_report_waits_for_the_single_task_runs(tmp_path: Path) -> None:
+    from qm9 import report
+
+    results = tmp_path / "runs"
+    results.mkdir()
+    (results / "equal-s0.json").write_text(json.dumps(_fake_run("equal", 0, [1.0, 1.0])))
+    table = report.main("cpu", results, tmp_path / "qm9-cpu", planned=5)
+    assert not table["complete"] and table["finished_runs"] == 1
+    text = (tmp_path / "qm9-cpu.md").read_text()
+    assert "1 of 5 runs" in text and "mu, homo have not finished" in text
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 10), st.floats(0, 10)), min_size=3, max_size=8))
+def test_spearman_matches_scipy(pairs: list[tuple[float, float]]) -> None:
+    from qm9 import report
+    from scipy.stats import spearmanr
+
+    a, b = [p[0] for p in pairs], [p[1] for p in pairs]
+    if len(set(a)) < 2 or len(set(b)) < 2:
+        return  # undefined for a constant list
+    assert report.spearman(a, b) == pytest.approx(spearmanr(a, b).statistic)

@@ -124,6 +124,7 @@ def sweep(
     results_dir: Path,
     log: Callable[[str], None] = print,
     commit: bool = False,
+    device: str = "cpu",
 ) -> list[Path]:
     """Run every unfinished run of ``runs`` in order; return the results files written.
 
@@ -137,7 +138,7 @@ def sweep(
         if _finished(path, config):
             continue
         log(f"[{k + 1}/{len(runs)}] {config.name}")
-        result = run(config, graphs, runs_dir / config.name, log=log)
+        result = run(config, graphs, runs_dir / config.name, log=log, device=device)
         atomic_write_json(path, result)
         written.append(path)
         if commit:

@@ -24,12 +24,12 @@ from torch import Tensor
 
 import mtlweight as mw
 
-from .data import TARGETS, Graphs, Standardiser, collate, split
+from .data import TARGETS, Batch, Graphs, Standardiser, collate, split
 from .metrics import PAPER_STL, display_scale
 from .model import MPNN
 from .protocol import RunConfig
 
-__all__ = ["atomic_write_json", "evaluate", "run"]
+__all__ = ["atomic_write_json", "evaluate", "run", "to_device"]
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -58,14 +58,15 @@ def evaluate(
     labels: Tensor,
     scaler: Standardiser,
     config: RunConfig,
+    device: torch.device | str = "cpu",
 ) -> list[float]:
     """MAE per task in PyG's units, over ``indices`` (``labels``: their standardised targets)."""
     model.eval()
     total = torch.zeros(labels.shape[1], dtype=torch.float64)
     for chunk, y in zip(_batches(indices, config.batch_size),
                         torch.split(labels, config.batch_size), strict=True):  # fmt: skip
-        out, _ = model(collate(graphs, chunk, y, config.graph))
-        total += (scaler.invert(out) - scaler.invert(y)).abs().sum(0)
+        out, _ = model(to_device(collate(graphs, chunk, y, config.graph), device))
+        total += (scaler.invert(out.cpu()) - scaler.invert(y)).abs().sum(0)
     model.train()
     return (total / indices.shape[0]).tolist()
 
@@ -95,7 +96,23 @@ def _criterion(config: RunConfig, mae: list[float], refs: list[float]) -> float:
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state()}
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def to_device(batch: Batch, device: torch.device | str) -> Batch:
+    """The batch's tensors on ``device``."""
+    if torch.device(device).type == "cpu":
+        return batch
+    return batch._replace(
+        x=batch.x.to(device),
+        edge_index=batch.edge_index.to(device),
+        edge_attr=batch.edge_attr.to(device),
+        batch=batch.batch.to(device),
+        y=batch.y.to(device),
+    )
 
 
 def run(
@@ -105,6 +122,7 @@ def run(
     *,
     log: Callable[[str], None] = print,
     max_epochs: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """Train ``config`` on ``graphs``, keeping the checkpoint in ``folder``; return the results.
 
@@ -129,6 +147,7 @@ def run(
     heads = [config.task] if config.method == "stl" else names
     torch.manual_seed(config.seed)
     model = MPNN(len(names), dim=config.dim, edge_hidden=config.edge_hidden, passes=config.passes)
+    model.to(device)
     weighting: mw.Weighting | None = None
     if config.method != "stl":
         shared = {
@@ -164,6 +183,8 @@ def run(
         if weighting is not None:
             weighting.load_state_dict(saved["weighting"])
         torch.set_rng_state(saved["rng"]["torch"])
+        if "cuda" in saved["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
         state = saved["state"]
         log(f"{config.name}: resumed after epoch {state['epoch']}")
     stl_index = names.index(str(config.task)) if config.method == "stl" else None
@@ -179,7 +200,7 @@ def run(
         start = time.perf_counter()
         for chunk in _batches(train_idx[order], config.batch_size):
             t0 = time.perf_counter()
-            batch = collate(graphs, chunk, y_all[chunk], config.graph)
+            batch = to_device(collate(graphs, chunk, y_all[chunk], config.graph), device)
             out, z = model(batch)
             optimizer.zero_grad(set_to_none=True)
             if stl_index is not None:
@@ -195,17 +216,13 @@ def run(
             state["step_seconds"].append(time.perf_counter() - t0)
         state["train_seconds"] += time.perf_counter() - start
         start = time.perf_counter()
-        val = evaluate(model, graphs, val_idx, y_all[val_idx], scaler, config)
+        val = evaluate(model, graphs, val_idx, y_all[val_idx], scaler, config, device)
         criterion = _criterion(config, val, refs)
         scheduler.step(criterion)
         improved = criterion <= state["best"]
-        if improved:
-            state.update(
-                best=criterion,
-                best_epoch=epoch,
-                val_mae=val,
-                test_mae=evaluate(model, graphs, test_idx, y_all[test_idx], scaler, config),
-            )
+        if improved:  # the test set is scored once, at the end, with the best weights
+            state.update(best=criterion, best_epoch=epoch, val_mae=val, test_mae=None)
+            state["best_model"] = {k: v.clone() for k, v in model.state_dict().items()}
         state["eval_seconds"] += time.perf_counter() - start
         state["history"].append(
             {"epoch": epoch, "val_criterion": criterion, "lr": optimizer.param_groups[0]["lr"]}
@@ -229,6 +246,16 @@ def run(
             f"{' (best)' if improved else ''} lr {optimizer.param_groups[0]['lr']:.2g} "
             f"{statistics.median(state['step_seconds']):.3f} s/step"
         )
+    finished = state["epoch"] >= config.epochs
+    if finished and state["test_mae"] is None and "best_model" in state:
+        start = time.perf_counter()
+        current = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(state["best_model"])
+        state["test_mae"] = evaluate(
+            model, graphs, test_idx, y_all[test_idx], scaler, config, device
+        )
+        model.load_state_dict(current)
+        state["eval_seconds"] += time.perf_counter() - start
     mean_mae = (y_all[test_idx].double() * scaler.std).abs().mean(0).tolist()
     return {
         "config": config.to_json(),
@@ -236,7 +263,7 @@ def run(
         "tasks": names,
         "heads": heads,
         "units": [TARGETS[t][1] for t in config.targets],
-        "finished": state["epoch"] >= config.epochs,
+        "finished": finished,
         "epochs_done": state["epoch"],
         "best_epoch": state["best_epoch"],
         "val_mae": state["val_mae"],
@@ -251,4 +278,5 @@ def run(
         "eval_seconds": state["eval_seconds"],
         "weights": dict(weighting.weights) if weighting is not None and weighting.weights else None,
         "train_molecules": int(train_idx.shape[0]),
+        "device": str(device),
     }
