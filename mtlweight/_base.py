@@ -11,29 +11,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mtlweight._engine.update import weighted_total
 from mtlweight._validation import Losses, check_finite, check_min_tasks, normalise_losses
 from mtlweight.distributed import all_reduce_mean, is_distributed
 
 __all__ = ["Seeded", "Stateful", "Weighting"]
-
-
-def weighted_total(values: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
-    r""":math:`\sum_t w_t L_t` in each loss's dtype, with the weights as constants.
-
-    The weights multiply as Python numbers (no tensor to convert, nothing saved for
-    the backward pass) and a weight of exactly 1 adds its loss as it is, so that
-    ``Fixed`` with unit weights builds the graph of ``sum(losses)``.
-    """
-    terms = [
-        (v if v.dim() == 0 else v.reshape(())) if w == 1.0 else v.reshape(()) * w
-        for v, w in zip(values, weights, strict=True)
-    ]
-    if len(terms) == 1 and terms[0] is values[0]:
-        return values[0] * 1.0  # a new tensor, never the caller's own
-    total = terms[0]
-    for term in terms[1:]:
-        total = total + term
-    return total
 
 
 _NO_VALUES = torch.empty(0)  # the values of a CPU call to a strategy that does not read them

@@ -18,55 +18,11 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from mtlweight._engine.passes import task_pass
+from mtlweight._engine.targets import as_inputs
 from mtlweight._validation import check_scalar_losses
 
 __all__ = ["as_inputs", "grad_norms", "task_gradients"]
-
-
-def as_inputs(inputs: nn.Module | Tensor | Iterable[Tensor]) -> list[Tensor]:
-    """Turn a module, a tensor or an iterable of tensors into a list of inputs.
-
-    Only tensors that require grad are kept; a module contributes its trainable
-    parameters. Duplicates (tied weights) are kept once.
-
-    Raises
-    ------
-    ValueError
-        If nothing that requires grad is left.
-
-    Examples
-    --------
-    >>> import torch
-    >>> len(as_inputs(torch.nn.Linear(2, 3)))
-    2
-    """
-    if isinstance(inputs, nn.Module):
-        candidates: list[Tensor] = list(inputs.parameters())
-    elif isinstance(inputs, Tensor):
-        candidates = [inputs]
-    else:
-        candidates = list(inputs)
-    seen: set[int] = set()
-    result: list[Tensor] = []
-    for i, t in enumerate(candidates):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"input {i} is a {type(t).__name__}, expected a torch.Tensor")
-        if t.requires_grad and id(t) not in seen:
-            seen.add(id(t))
-            result.append(t)
-    if not result:
-        raise ValueError(
-            f"none of the {len(candidates)} given inputs requires grad: pass trainable parameters "
-            "or a tensor that is part of the autograd graph"
-        )
-    return result
-
-
-def _grads(loss: Tensor, inputs: list[Tensor], retain_graph: bool) -> list[Tensor]:
-    if not loss.requires_grad:
-        return [torch.zeros_like(t) for t in inputs]
-    grads = torch.autograd.grad(loss, inputs, retain_graph=retain_graph, allow_unused=True)
-    return [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads, strict=True)]
 
 
 def task_gradients(
@@ -108,12 +64,8 @@ def task_gradients(
             [2., 4.]])
     """
     check_scalar_losses(losses)
-    tensors = as_inputs(inputs)
-    rows = []
-    for loss in losses:
-        grads = _grads(loss, tensors, retain_graph)
-        rows.append(torch.cat([g.reshape(-1) for g in grads]))
-    return torch.stack(rows)
+    found = task_pass(list(losses), as_inputs(inputs), keep_graph=retain_graph)
+    return found.grads.matrix()
 
 
 def grad_norms(
@@ -156,10 +108,9 @@ def grad_norms(
     tensor([5.0000, 1.4142])
     """
     check_scalar_losses(losses)
-    tensors = as_inputs(inputs)
+    found = task_pass(list(losses), as_inputs(inputs), keep_graph=retain_graph)
     norms = []
-    for loss in losses:
-        grads = _grads(loss, tensors, retain_graph)
+    for grads in found.grads.grads:
         acc_dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
         squares = [g.detach().to(acc_dtype).square().sum() for g in grads]
         norms.append(torch.stack(squares).sum().sqrt())

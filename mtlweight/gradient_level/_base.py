@@ -2,90 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 from abc import abstractmethod
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from mtlweight._base import Weighting, weighted_total
+from mtlweight._base import Weighting
+from mtlweight._engine.accumulate import Accumulated
+from mtlweight._engine.grads import TaskGrads, gram
+from mtlweight._engine.plans import Combination, GeneralPlan, Plan, Settings, choose_plan
+from mtlweight._engine.targets import SharedInputs
+from mtlweight._engine.update import backward_total, weighted_total
 from mtlweight._validation import Losses, check_finite
-from mtlweight.autograd import as_inputs
 from mtlweight.distributed import all_reduce_mean, is_distributed, world_size
-from mtlweight.gradient_level._inputs import (
-    Accumulated,
-    GraphCensus,
-    SharedInputs,
-    add_grad,
-    backward_from_cut,
-    cut_task_grads,
-    flat,
-    gram,
-    graph_leaves,
-    leaves_above,
-    require_reached,
-    shared_cut,
-    split_columns,
-    task_grads,
-    weighted_sum,
-)
-from mtlweight.gradient_level._linear_gram import linear_taps, linear_task_grads
-from mtlweight.gradient_level._task_grads import TaskGrads
 
 __all__ = ["Combination", "GradientMethod", "GramWeighting", "TaskSpecific"]
 
 TaskSpecific = Literal["weighted", "plain"]
-
-
-@dataclass(frozen=True)
-class Combination:
-    """What a :class:`GradientMethod` makes of this step's per-task gradients.
-
-    Attributes
-    ----------
-    weights
-        ``(T,)`` float64: the coefficients :math:`w` of :math:`d = J^\\top w`.
-    direction
-        ``None`` when :math:`d = J^\\top w` (a linear combination of the rows:
-        ``weighting(losses)`` works in ``"weighted"`` mode), else the ``(P,)``
-        update itself, for methods whose :math:`d` is not such a combination
-        (only ``.backward(losses)`` works; ``weights`` are then for logging,
-        see :meth:`from_direction`).
-    """
-
-    weights: Tensor
-    direction: Tensor | None = None
-
-    @classmethod
-    def from_direction(cls, jac: Tensor, gram: Tensor, direction: Tensor) -> Combination:
-        r"""A ``direction`` with the weights :math:`w = \arg\min_w \lVert J^\top w - d \rVert`.
-
-        :math:`w = G^{+} J d` (least squares, minimum norm), in float64.
-
-        Examples
-        --------
-        >>> import torch
-        >>> jac = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-        >>> Combination.from_direction(jac, jac.double() @ jac.double().T,
-        ...                            torch.tensor([1.0, 1.0])).weights
-        tensor([1.0000, 0.5000], dtype=torch.float64)
-        """
-        # J d in J's precision (a float64 copy of J would double the method's memory)
-        projected = torch.mv(jac, direction.to(jac.dtype)).double().cpu().reshape(-1, 1)
-        weights = torch.linalg.lstsq(gram, projected, driver="gelsd").solution.reshape(-1)
-        return cls(weights, direction)
-
-
-class _Replace:
-    """Tensor hook that replaces the incoming gradient by a fixed tensor."""
-
-    def __init__(self, value: Tensor) -> None:
-        self.value = value
-
-    def __call__(self, grad: Tensor) -> Tensor:
-        return self.value.to(grad.dtype)
 
 
 class GradientMethod(Weighting):
@@ -175,7 +111,7 @@ class GradientMethod(Weighting):
         self.batched: bool | None = False
         #: Take the per-task gradients of shared ``nn.Linear`` layers from their
         #: activations when the graph allows it (methods of ``G`` alone; see
-        #: :mod:`~mtlweight.gradient_level._linear_gram`): the per-task passes skip the
+        #: :mod:`~mtlweight._engine.linear`): the per-task passes skip the
         #: weight-gradient products and nothing of size ``T x P`` is formed. ``False``
         #: always takes the general path (same results up to rounding).
         self.linear_shortcut = True
@@ -259,98 +195,86 @@ class GradientMethod(Weighting):
         reused = self.reused_weights(names)
         if reused is not None:
             return reused
-        _, _, combination = self._solve(names, losses, values, representation)
+        self.check_losses(names, values)  # before any backward pass
+        plan = self.plan(losses, representation, update=False)
+        grads = plan.gradients()
+        self.batched = plan.settings.batched
+        combination = self._weigh(names, grads, len(plan.inputs), plan.settings.per_sample, values)
         if combination.direction is not None:
             raise TypeError(self._no_total())
-        return combination.weights.to(values)
+        return combination.weights
 
     def backward(self, losses: Losses, *, representation: Tensor | None = None) -> dict[str, float]:
         """Backpropagate: :math:`d` on the shared inputs, the rest as ``task_specific`` says.
 
         Returns the weights (coefficients :math:`w` of :math:`d = J^\\top w`) by task.
-        When the per-task passes to the shared parameters already cover the
-        whole graph (the shared part is the whole trunk, only heads are left),
-        they also collect the gradients of the other parameters and the update
-        is assembled from them: no further backward pass. With trainable layers
-        below the shared parameters (``shared`` the last layer), the passes also
-        take the gradients at the edges into those layers (the *cut*), and only
-        the graph below the cut is backpropagated, once, from their combination:
-        the losses and the shared layers are walked ``T`` times, not ``T + 1``
-        (graphs where a head's leaf is also used below the cut, a loss reaches
-        no shared tensor, or one cut node lies below another take the general
-        path). With a
-        ``representation=`` whose graph above it holds only task heads (their
-        leaves used nowhere below it), the passes to it also collect the heads'
-        gradients, and only the trunk below it is backpropagated, from
-        :math:`d`: the losses' graph is walked ``T`` times, not ``T + 1``.
-        Otherwise the total is backpropagated once with :math:`d` in place of
-        its gradient at the shared inputs.
+        The per-task gradients and the update come from the backward plan that
+        :meth:`plan` chooses for the graph of this call (see
+        :mod:`mtlweight._engine.plans`): the general one backpropagates the total
+        once more with :math:`d` in place of its gradient at the shared inputs;
+        the others assemble the update from the per-task passes where the graph
+        allows it (:attr:`assemble`), with the same results up to rounding.
         """
         fresh = self.tasks is None
         try:
             names, tensors, values = self._prepare(losses)
-            weights = self.reused_weights(names)
-            if weights is not None and self.task_specific == "weighted":
-                self._record(names, weights.to(values))  # no per-task passes at all
-                torch.autograd.backward(self._total(tensors, weights))
+            reused = self.reused_weights(names)
+            if reused is not None and self.task_specific == "weighted":
+                self._record(names, reused.to(values))  # no per-task passes at all
+                backward_total(tensors, reused.tolist())
                 return self._done(losses, representation, tensors)
-            others = heads = census = cut = None
-            resolved: list[Tensor] | None = None
-            # DDP reduces in backward(): every .grad must come from it
-            if self.assemble and not is_distributed():
-                resolved = self._inputs(representation)
-                if representation is None:
-                    census = GraphCensus()
-                    split = shared_cut(tensors, resolved, census)
-                    if split is not None and not split.cut:
-                        others = split.heads  # the shared tensors cover the whole trunk
-                    elif split is not None and self.batched is False:
-                        cut = split
-                else:
-                    heads = leaves_above(tensors, resolved)
-            if cut is not None and resolved is not None:
-                inputs = resolved
-                grads, at_cut = cut_task_grads(
-                    tensors, [*resolved, *cut.heads], cut.cut,
-                    matrix=len(resolved) if self.needs_matrix else 0,
-                )
-            else:
-                inputs, grads = self.jacobian(
-                    names, tensors, representation, extra=others or heads or (),
-                    inputs=resolved, assembled=others is not None,
-                    keep_graph=heads is None and others is None, census=census,
-                )
-            direction: Tensor | None = None
-            if weights is None:
-                self.check_losses(names, values)
-                combination = self._weigh(names, grads, len(inputs), representation is not None,
-                                          values)
-                weights, direction = combination.weights, combination.direction
+            plan = self.plan(tensors, representation, update=True)
+            combine = functools.partial(self._combine, names, values, reused, plan.settings)
+            plan.run(combine, plain=self.task_specific == "plain")
         except Exception:
             if fresh:  # a failed first call must not fix the task names
                 self.tasks = None
             raise
-        weights = weights.to(values)
-        self._record(names, weights)
-        # With the update assembled the graph is gone: task 0's buffers can take the sums.
-        pieces = self._pieces(weights, direction, inputs, grads,
-                              in_place=others is not None or cut is not None)
-        scale = weights if self.task_specific == "weighted" else torch.ones_like(weights)
-        leaves = heads if representation is not None else others if cut is None else cut.heads
-        if leaves is None:
-            self._backward_with(tensors, scale, inputs, pieces)
-            return self._done(losses, representation, tensors)
-        # Assembled: the heads from the passes, then what lies below the shared inputs
-        rest = grads.combine(scale, len(inputs), in_place=True)
-        shared = [] if representation is not None else inputs  # d goes below a representation
-        self._write(shared, pieces[: len(shared)], list(zip(leaves, rest, strict=True)))
-        if cut is not None:  # the graph below the cut, from the combined gradients there
-            backward_from_cut(cut.cut, at_cut, scale)
-        elif representation is not None:  # the trunk below the representation, from d
-            torch.autograd.backward(
-                inputs, [p.view_as(t).to(t.dtype) for t, p in zip(inputs, pieces, strict=True)]
-            )
         return self._done(losses, representation, tensors)
+
+    def plan(self, losses: list[Tensor], representation: Tensor | None, *, update: bool) -> Plan:
+        """The backward plan of this call (``update=False``: the passes of a weighted total).
+
+        The one place where a step's per-task gradients are asked for: a
+        subclass that overrides it sees every one.
+        """
+        inputs = self._inputs(representation)
+        per_sample = representation is not None
+        reduce = None
+        if not per_sample and self.sync and is_distributed():
+            reduce = self._reduced_jacobian
+        settings = Settings(type(self).__name__, per_sample, self.needs_matrix, self.batched,
+                            self.sync, reduce)
+        if not update:
+            return GeneralPlan(losses, inputs, settings)
+        return choose_plan(losses, inputs, settings, assemble=self.assemble,
+                           linear=self.linear_shortcut)
+
+    def _reduced_jacobian(self, jac: Tensor) -> Tensor:
+        """:math:`J` averaged across processes (not kept between steps: ``T x P`` numbers)."""
+        reduced = self.statistic("jacobian", jac)
+        del self.statistics["jacobian"]
+        return reduced
+
+    def _combine(
+        self,
+        names: list[str],
+        values: Tensor,
+        reused: Tensor | None,
+        settings: Settings,
+        grads: TaskGrads,
+        count: int,
+    ) -> Combination:
+        """The method's half of a step: the combination, its weights recorded."""
+        self.batched = settings.batched  # what the passes learnt of it
+        if reused is None:
+            self.check_losses(names, values)
+            combination = self._weigh(names, grads, count, settings.per_sample, values)
+        else:
+            combination = Combination(reused)
+        combination = Combination(combination.weights.to(values), combination.direction)
+        self._record(names, combination.weights)
+        return combination
 
     def _done(
         self, losses: Losses, representation: Tensor | None, tensors: list[Tensor]
@@ -408,10 +332,9 @@ class GradientMethod(Weighting):
                 f"{type(self).__name__}.accumulate: this micro-batch has the tasks {names}; the "
                 f"previous ones of this step had {self._accumulated.names}"
             )
-        shared = self.shared_parameters()
-        others = graph_leaves(tensors, shared)
-        grads, _ = self._task_grads(tensors, [*shared, *others], keep_graph=False)
-        self._accumulated.add(values, shared, others, grads.rows())
+        self.batched = self._accumulated.add_pass(
+            tensors, values, self.shared_parameters(), batched=self.batched
+        )
 
     def backward_accumulated(self) -> dict[str, float]:
         r"""Weight the accumulated gradients once and write them into ``.grad``; return the weights.
@@ -428,64 +351,19 @@ class GradientMethod(Weighting):
                 ".accumulate(losses) for each micro-batch first"
             )
         names, values = pending.names, pending.values
-        rows = pending.rows
-        if self.sync and is_distributed():
-            rows = split_columns(self.statistic("jacobian", flat(rows)), pending.shared)
-            del self.statistics["jacobian"]
+        distributed = self.sync and is_distributed()
+        grads = pending.gradients(self._reduced_jacobian if distributed else None)
         self.check_losses(names, values)
-        weights = self.reused_weights(names)
-        direction: Tensor | None = None
-        grads = TaskGrads.of_rows(rows)
-        if weights is None:
-            combination = self._weigh(names, grads, len(rows), False, values)
-            weights, direction = combination.weights, combination.direction
-        weights = weights.to(values)
+        reused = self.reused_weights(names)
+        combination = (
+            Combination(reused) if reused is not None
+            else self._weigh(names, grads, len(pending.rows), False, values)
+        )
+        weights = combination.weights.to(values)
         self._record(names, weights)
-        others = list(pending.others.values())
-        if self.sync and is_distributed():
-            others = [(leaf, all_reduce_mean(r)) for leaf, r in others]
-        scale = weights if self.task_specific == "weighted" else torch.ones_like(weights)
-        pieces = self._pieces(weights, direction, pending.shared, grads, in_place=False)
-        self._write(pending.shared, pieces, [(leaf, weighted_sum(scale, r)) for leaf, r in others])
+        pending.apply(grads, weights, combination.direction, plain=self.task_specific == "plain",
+                      reduce=all_reduce_mean if distributed else None)
         return self.weights
-
-    @staticmethod
-    def _pieces(
-        weights: Tensor,
-        direction: Tensor | None,
-        inputs: list[Tensor],
-        grads: TaskGrads,
-        *,
-        in_place: bool,
-    ) -> list[Tensor]:
-        """:math:`d` cut into one tensor per shared input (the first targets of ``grads``)."""
-        if direction is not None:
-            return [
-                piece.view_as(t)
-                for t, piece in zip(
-                    inputs, torch.split(direction, [t.numel() for t in inputs]), strict=True
-                )
-            ]
-        return grads.combine(weights, 0, len(inputs), in_place=in_place)
-
-    @staticmethod
-    def _write(
-        shared: list[Tensor], pieces: list[Tensor], others: list[tuple[Tensor, Tensor]]
-    ) -> None:
-        """Accumulate ``d`` into the shared ``.grad`` and their combinations into the others'."""
-        for tensor, piece in zip(shared, pieces, strict=True):
-            add_grad(tensor, piece)
-        for leaf, grad in others:
-            add_grad(leaf, grad)
-
-    # -------------------------------------------------------------- helpers
-    def _solve(
-        self, names: list[str], losses: list[Tensor], values: Tensor, representation: Tensor | None
-    ) -> tuple[list[Tensor], TaskGrads, Combination]:
-        self.check_losses(names, values)
-        inputs, grads = self.jacobian(names, losses, representation)
-        combination = self._weigh(names, grads, len(inputs), representation is not None, values)
-        return inputs, grads, combination
 
     def _weigh(
         self, names: list[str], grads: TaskGrads, count: int, per_sample: bool, values: Tensor
@@ -523,89 +401,9 @@ class GradientMethod(Weighting):
         check_finite(names, weights, "weight")
         return combination
 
-    def jacobian(
-        self,
-        names: list[str],
-        losses: list[Tensor],
-        representation: Tensor | None,
-        *,
-        extra: Sequence[Tensor] = (),
-        inputs: list[Tensor] | None = None,
-        assembled: bool = False,
-        keep_graph: bool | None = None,
-        census: GraphCensus | None = None,
-    ) -> tuple[list[Tensor], TaskGrads]:
-        """The differentiated inputs and the per-task gradients of the inputs, then of ``extra``.
-
-        One backward pass per task (or one batched pass, see :attr:`batched`),
-        stopping at the ``representation`` or the shared parameters, averaged
-        across processes for shared parameters. ``extra`` tensors (the other
-        leaves, when the update is assembled) get their rows too, after the
-        inputs', and the graph is then freed. ``assembled``: ``extra`` are all the other
-        leaves (the update is assembled from these passes), which allows the shortcut
-        for shared linear layers (:attr:`linear_shortcut`). ``keep_graph``: whether the
-        passes keep the graph (default: unless there are ``extra`` tensors). ``census``: the
-        graph as the walk that found ``extra`` saw it (spares the shortcut a second walk).
-        """
-        if assembled and representation is None and inputs is not None:
-            found = self._linear_jacobian(losses, inputs, list(extra), census)
-            if found is not None:
-                return found
-        per_sample = representation is not None
-        inputs = self._inputs(representation) if inputs is None else inputs
-        grads, reached = self._task_grads(
-            losses, [*inputs, *extra], keep_graph=not extra if keep_graph is None else keep_graph,
-            matrix=len(inputs) if self.needs_matrix else 0,
-        )
-        require_reached(self, reached, inputs, per_sample)
-        if not per_sample and self.sync and is_distributed():
-            count = len(inputs)
-            reduced = self.statistic("jacobian", grads.matrix(0, count))
-            shared = split_columns(reduced, inputs)  # views of the reduced J: no copy
-            del self.statistics["jacobian"]  # T x P numbers: not kept between steps
-            grads = TaskGrads.of_rows([*shared, *grads.rows(count)])
-        return inputs, grads
-
-    def _linear_jacobian(
-        self,
-        losses: list[Tensor],
-        shared: list[Tensor],
-        others: list[Tensor],
-        census: GraphCensus | None = None,
-    ) -> tuple[list[Tensor], TaskGrads] | None:
-        """The per-task gradients of shared linear layers from their activations, if it applies.
-
-        Only for methods of ``G`` alone, with the update assembled from the per-task
-        passes, every shared tensor the weight or bias of an ``nn.Linear`` used once,
-        one process and per-task passes (see :mod:`~mtlweight.gradient_level._linear_gram`);
-        ``None`` otherwise, and the general path runs.
-        """
-        if not self.linear_shortcut or self.needs_matrix or self.batched or is_distributed():
-            return None
-        taps = linear_taps(losses, shared, census)
-        if taps is None:
-            return None
-        grads, reached = linear_task_grads(losses, taps, shared, others)
-        require_reached(self, reached, shared, False)
-        return shared, grads
-
-    def _task_grads(
-        self, losses: list[Tensor], targets: list[Tensor], *, keep_graph: bool, matrix: int = 0
-    ) -> tuple[TaskGrads, bool]:
-        if self.batched is None:
-            try:  # keeps the graph this once, so that T passes can follow
-                found = task_grads(losses, targets, keep_graph=True, batched=True)
-                self.batched = True
-                return found
-            except (RuntimeError, NotImplementedError):  # an op vmap cannot batch
-                self.batched = False
-        return task_grads(
-            losses, targets, keep_graph=keep_graph, batched=self.batched, matrix=matrix
-        )
-
     def _inputs(self, representation: Tensor | None) -> list[Tensor]:
         if representation is not None:
-            return as_inputs(representation)
+            return self.shared.resolve(type(self).__name__, representation)
         name = type(self).__name__
         if self.needs_representation:
             raise ValueError(
@@ -614,33 +412,12 @@ class GradientMethod(Weighting):
             )
         return self.shared.resolve(name)
 
-    @staticmethod
-    def _total(tensors: Sequence[Tensor], scale: Tensor) -> Tensor:
-        return weighted_total(tensors, scale.tolist())
-
-    def _backward_with(
-        self, tensors: list[Tensor], scale: Tensor, inputs: list[Tensor], pieces: list[Tensor]
-    ) -> None:
-        """Backpropagate ``sum_t scale_t L_t`` with ``pieces`` of :math:`d` in place of its
-        gradient at ``inputs``; everything downstream of them sees the plain gradients."""
-        handles = [
-            tensor.register_hook(_Replace(piece.view_as(tensor)))  # type: ignore[no-untyped-call]
-            for tensor, piece in zip(inputs, pieces, strict=True)
-        ]
-        try:
-            torch.autograd.backward(self._total(tensors, scale))
-        finally:
-            for handle in handles:
-                handle.remove()
-
     def _fire_forward_hooks(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], tensors: list[Tensor]
     ) -> None:
         """Run the forward hooks for a ``backward`` call, with the weighted total as output."""
         with torch.no_grad():
-            output = self._total(
-                [t.detach() for t in tensors], torch.tensor(list(self._weights.values()))
-            )
+            output = weighted_total([t.detach() for t in tensors], list(self._weights.values()))
         for key, hook in list(self._forward_hooks.items()):
             if key in self._forward_hooks_with_kwargs:
                 hook(self, args, kwargs, output)

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mtlweight._engine.grads import accumulation_dtype
 from mtlweight._validation import Losses, check_non_negative, normalise_losses
 from mtlweight.gradient_level._base import Combination, TaskSpecific
 from mtlweight.gradient_level._parameter_state import ParameterState
-from mtlweight.gradient_level._task_grads import accumulation_dtype
 
 __all__ = ["DBMTL"]
 

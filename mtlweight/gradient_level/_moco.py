@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mtlweight._engine.grads import accumulation_dtype
+from mtlweight._engine.grads import gram as gram_of
 from mtlweight._solvers import project_simplex
 from mtlweight.gradient_level._base import Combination, TaskSpecific
-from mtlweight.gradient_level._inputs import gram as gram_of
 from mtlweight.gradient_level._parameter_state import ParameterState
-from mtlweight.gradient_level._task_grads import accumulation_dtype
 
 __all__ = ["MoCo"]
 

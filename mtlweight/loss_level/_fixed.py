@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from mtlweight._base import _NO_VALUES, Weighting, weighted_total
+from mtlweight._base import _NO_VALUES, Weighting
+from mtlweight._engine.update import weighted_total
 from mtlweight._validation import Losses, check_finite, normalise_losses
 from mtlweight.distributed import is_distributed
 

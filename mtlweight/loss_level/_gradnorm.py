@@ -10,8 +10,11 @@ import torch
 from torch import Tensor, nn
 
 from mtlweight._base import Stateful
+from mtlweight._engine.grads import accumulation_dtype
+from mtlweight._engine.passes import task_pass
+from mtlweight._engine.targets import SharedInputs, require_reached
 from mtlweight._validation import check_finite
-from mtlweight.gradient_level._inputs import SharedInputs, grad_norm_statistic
+from mtlweight.distributed import is_distributed
 
 __all__ = ["GradNorm"]
 
@@ -154,7 +157,7 @@ class GradNorm(Stateful):
             raise ValueError(
                 f"GradNorm needs {needed}; loss of task {names[i]!r} is {float(values[i])}"
             )
-        norms = grad_norm_statistic(self, losses, self.shared, representation).to(values)
+        norms = self._grad_norms(losses, representation).to(values)
         check_finite(names, norms, "gradient norm")
         current = self.statistic("loss", values)
         assert self.tasks is not None
@@ -169,6 +172,33 @@ class GradNorm(Stateful):
         if names != self.tasks:
             used = used[[self.tasks.index(n) for n in names]]
         return used
+
+    def _grad_norms(self, losses: list[Tensor], representation: Tensor | None) -> Tensor:
+        """Per-task gradient norms, identical on every rank; kept as ``statistics["grad_norm"]``.
+
+        With a ``representation`` (it wins over ``shared``) the squared norms are
+        averaged across processes: the representation holds per-sample values,
+        squared norms add up over samples, and the common factor ``1/R`` does not
+        change normalised weights. With shared parameters under
+        :mod:`torch.distributed`, the per-task gradients are averaged before the
+        norms are taken: with mean losses, the norms one process would compute on
+        the combined batch. Raises ``ValueError`` if no loss reaches the tensors.
+        """
+        per_sample = representation is not None
+        inputs = self.shared.resolve(type(self).__name__, representation)
+        found = task_pass(losses, inputs, keep_graph=True)
+        require_reached(type(self).__name__, found.reached, inputs, per_sample, sync=self.sync)
+        jac = found.grads.matrix()
+        acc = accumulation_dtype(jac.dtype)
+        if per_sample:
+            norms = self.statistic("grad_norm_squared", jac.to(acc).square().sum(1)).sqrt()
+        else:
+            if self.sync and is_distributed():
+                jac = self.statistic("task_gradients", jac)
+                del self.statistics["task_gradients"]
+            norms = jac.to(acc).norm(dim=1)
+        self.statistics["grad_norm"] = norms
+        return norms
 
     def _update(self, weights: Tensor, norms: Tensor, rates: Tensor) -> Tensor:
         """One step on L_grad (see the class docstring); returns the new weights."""

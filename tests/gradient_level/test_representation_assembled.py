@@ -25,9 +25,9 @@ from torch import Tensor, nn
 from update_paths import Counted, Step, assert_same_update
 
 import mtlweight as mw
-import mtlweight.gradient_level._base as base
+import mtlweight._engine.plans as plans
+from mtlweight._engine.graph import leaves_above
 from mtlweight.gradient_level import GradientMethod
-from mtlweight.gradient_level._inputs import leaves_above
 
 TASKS = ["a", "b", "c"]
 
@@ -101,7 +101,7 @@ def grads_of(
     weighting = mw.get(name, task_specific=mode, **options)
     with monkeypatch.context() as patch:
         if general:
-            patch.setattr(base, "leaves_above", lambda losses, representation: None)
+            patch.setattr(plans, "leaves_above", lambda losses, representation: None)
         net.zero_grad(set_to_none=True)
         z, found = losses()
         weights = weighting.backward(found, representation=z)

@@ -23,9 +23,9 @@ from torch import Tensor, nn
 from update_paths import Counted, Step, assert_same_update
 
 import mtlweight as mw
-import mtlweight.gradient_level._base as base
+import mtlweight._engine.plans as plans
+from mtlweight._engine.graph import shared_cut
 from mtlweight.gradient_level import GradientMethod
-from mtlweight.gradient_level._inputs import shared_cut
 
 TASKS = ["0", "1", "2"]
 
@@ -94,7 +94,7 @@ def grads_of(
     weighting = mw.get(name, shared=net.last, task_specific=mode)
     with monkeypatch.context() as patch:
         if general:
-            patch.setattr(base, "shared_cut", lambda *args, **kwargs: None)
+            patch.setattr(plans, "shared_cut", lambda *args, **kwargs: None)
         net.zero_grad(set_to_none=True)
         weights = weighting.backward(losses())
     return weights, {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}

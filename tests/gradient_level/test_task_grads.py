@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 from torch import nn
 
 import mtlweight as mw
-from mtlweight.gradient_level._task_grads import TaskGrads
+from mtlweight._engine.grads import TaskGrads
 
 SHAPES = [(3, 2), (4,), (1, 1, 1, 2)]  # three targets, 12 numbers in all
 
@@ -155,16 +155,17 @@ def test_assembled_gradients_are_own_tensors_of_the_parameters_size() -> None:
 def test_j_methods_hold_the_shared_gradients_once_as_views_of_j() -> None:
     """With ``matrix=`` each pass's shared gradients are copied into J and kept as its views;
     J comes back uncopied and the update is never written into it."""
-    from mtlweight.gradient_level._inputs import task_grads
+    from mtlweight._engine.passes import task_pass
 
     torch.manual_seed(0)
     net = Net()
     _, losses = losses_of(net, torch.rand(2, 3, 6, 6))
     shared = list(net.trunk.parameters())
     heads = list(net.heads.parameters())
-    grads, reached = task_grads(list(losses.values()), [*shared, *heads], keep_graph=False,
-                                batched=False, matrix=len(shared))
-    assert reached
+    found = task_pass(list(losses.values()), [*shared, *heads], keep_graph=False,
+                      batched=False, matrix=len(shared))
+    assert found.reached
+    grads = found.grads
     jac = grads.matrix(0, len(shared))
     assert grads.matrix(0, len(shared)) is jac
     assert jac.shape == (3, sum(p.numel() for p in shared))

@@ -1,4 +1,4 @@
-"""The per-task gradients of one step, kept as autograd returned them, and what is made of them.
+"""The task-gradient containers: the per-task gradients of one step, and what is made of them.
 
 ``T`` backward passes give, for each task ``t`` and each differentiated tensor
 (a *target*) ``j``, the gradient ``grads[t][j]``. The methods need three things
@@ -18,8 +18,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-
-__all__ = ["TaskGrads", "accumulation_dtype"]
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -66,7 +64,7 @@ class TaskGrads:
         buffers.
     matrix
         ``(count, J)`` when the first ``count`` targets' gradients are views of
-        the ``(T, P)`` matrix ``J`` (see :func:`~mtlweight.gradient_level._inputs.task_grads`):
+        the ``(T, P)`` matrix ``J`` (see :func:`~mtlweight._engine.passes.task_pass`):
         :meth:`matrix` returns it without a copy, and those views are never
         reused in place (a ``.grad`` must not keep ``J`` alive).
 
@@ -127,9 +125,12 @@ class TaskGrads:
             return self._matrix[1]
         if self._rows is not None:
             return torch.cat([r.reshape(r.shape[0], -1) for r in self._rows[start:stop]], dim=1)
-        first = self.grads[0][start]
-        size = sum(self.grads[0][j].numel() for j in range(start, stop))
-        jac = torch.empty(self.tasks, size, dtype=first.dtype, device=first.device)
+        first = self.grads[0][start:stop]
+        dtype = first[0].dtype
+        for g in first[1:]:
+            dtype = torch.promote_types(dtype, g.dtype)
+        size = sum(g.numel() for g in first)
+        jac = torch.empty(self.tasks, size, dtype=dtype, device=first[0].device)
         for t, row in enumerate(self.grads):
             torch.cat([row[j].reshape(-1) for j in range(start, stop)], out=jac[t])
         return jac
@@ -201,3 +202,54 @@ class TaskGrads:
     def _acc(g: Tensor) -> Tensor:
         acc = accumulation_dtype(g.dtype)
         return g if g.dtype == acc else g.to(acc)
+
+
+def gram(jac: Tensor) -> Tensor:
+    """``jac @ jac.T`` in float64 on the CPU, accumulated in float32 (float64 for float64 input).
+
+    On the CPU the entries are pairwise dot products: a BLAS matrix product
+    of a few rows can wait tens of milliseconds for its thread pool to wake.
+
+    Examples
+    --------
+    >>> gram(torch.tensor([[1.0, 0.0], [1.0, 2.0]]))
+    tensor([[1., 1.],
+            [1., 5.]], dtype=torch.float64)
+    """
+    acc = accumulation_dtype(jac.dtype)
+    mat = jac.to(acc)
+    if mat.device.type != "cpu":
+        return (mat @ mat.T).to(device="cpu", dtype=torch.float64)
+    count = mat.shape[0]
+    result = torch.empty(count, count, dtype=torch.float64)
+    for i in range(count):
+        for k in range(i, count):
+            result[i, k] = result[k, i] = torch.dot(mat[i], mat[k])
+    return result
+
+
+def unflat_row(vector: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    """Views of a ``(P,)`` vector shaped like the tensors ``like``, side by side."""
+    pieces = torch.split(vector, [t.numel() for t in like])
+    return [p.view(t.shape) for p, t in zip(pieces, like, strict=True)]
+
+
+def flat(rows: Sequence[Tensor]) -> Tensor:
+    """The ``(T, P)`` matrix of the rows of several targets side by side."""
+    if len(rows) == 1:
+        return rows[0].reshape(rows[0].shape[0], -1)
+    return torch.cat([r.reshape(r.shape[0], -1) for r in rows], dim=1)
+
+
+def split_columns(jac: Tensor, targets: Sequence[Tensor]) -> list[Tensor]:
+    """Views of a ``(T, P)`` matrix as ``(T, *shape)`` tensors, one per target, side by side."""
+    pieces = torch.split(jac, [t.numel() for t in targets], dim=1)
+    return [p.reshape(jac.shape[0], *t.shape) for p, t in zip(pieces, targets, strict=True)]
+
+
+def weighted_sum(weights: Tensor, rows: Tensor) -> Tensor:
+    """``sum_t weights[t] * rows[t]``, shaped like one row, in float32 (float64 for float64)."""
+    acc = accumulation_dtype(rows.dtype)
+    flat_rows = rows.reshape(rows.shape[0], -1).to(acc)
+    w = weights.to(device=rows.device, dtype=acc)
+    return torch.mv(flat_rows.T, w).reshape(rows.shape[1:])  # a GEMV: faster than tensordot

@@ -33,12 +33,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.autograd.graph import GradientEdge
 
-from mtlweight.gradient_level._inputs import GraphCensus
-from mtlweight.gradient_level._task_grads import TaskGrads
-
-__all__ = ["LinearGrads", "LinearTap", "linear_taps", "linear_task_grads"]
+from mtlweight._engine.grads import TaskGrads
+from mtlweight._engine.graph import GraphCensus, census_of
+from mtlweight._engine.passes import task_pass
 
 
 @dataclass(frozen=True)
@@ -61,55 +60,56 @@ def linear_taps(
 ) -> list[LinearTap] | None:
     """The shared tensors as the weights and biases of linear layers used once, else ``None``.
 
-    Walks the graph of ``losses`` once, counting the edges into every node (or
-    reads a complete ``census`` of that walk): a shared tensor used twice (tied
-    weights, a layer called twice), or used by anything but a plain linear
-    layer, or a layer whose bias is trainable but not shared, means ``None``
-    (the general path).
+    Reads a complete ``census`` of the graph of ``losses`` (or takes one): a
+    shared tensor used twice (tied weights, a layer called twice), or used by
+    anything but a plain linear layer, or a layer whose bias is trainable but
+    not shared, means ``None`` (the general path). So does a graph whose nodes
+    do not look as this reading expects (a torch version that renamed a node
+    or its saved tensors): the shortcut is then off, the results the same.
     """
     if not shared or any(loss.requires_grad and loss.grad_fn is None for loss in losses):
         return None
+    if census is None:
+        census = census_of(losses)
     shared_ids = {id(t) for t in shared}
-    if census is not None:
-        parents, seen = census.parents, census.nodes
-    else:
-        parents, seen = {}, {}
-        stack = [loss.grad_fn for loss in losses if loss.grad_fn is not None]
-        while stack:
-            node = stack.pop()
-            if id(node) in seen:
-                continue
-            seen[id(node)] = node
-            for child, _ in node.next_functions:
-                if child is not None:
-                    parents[id(child)] = parents.get(id(child), 0) + 1
-                    if id(child) not in seen:
-                        stack.append(child)
     taps: list[LinearTap] = []
-    covered: set[int] = set()
-    for node in seen.values():
-        if type(node).__name__ != "AddmmBackward0":
-            continue
-        (bias_fn, _), _, (t_fn, _) = node.next_functions
-        if t_fn is None or type(t_fn).__name__ != "TBackward0":
-            continue
-        weight = _leaf(t_fn.next_functions[0][0])
-        if weight is None or id(weight) not in shared_ids:
-            continue
-        bias = None if bias_fn is None else _leaf(bias_fn)
-        once = parents.get(id(t_fn)) == 1 and parents.get(id(t_fn.next_functions[0][0])) == 1
-        plain = node._saved_alpha == 1 and node._saved_beta == 1 and weight.dim() == 2
-        if bias_fn is not None:
-            once = once and bias is not None and parents.get(id(bias_fn)) == 1
-            plain = plain and bias is not None and id(bias) in shared_ids and bias.dim() == 1
-        inputs = node._saved_mat1
-        if not (once and plain and isinstance(inputs, Tensor) and inputs.dim() == 2):
+    for node in census.nodes.values():
+        try:
+            tap = _tap(node, shared_ids, census.parents)
+        except (AttributeError, IndexError, RuntimeError, TypeError, ValueError):
+            return None  # not the node layout this reading knows: no shortcut
+        if tap is None:
             return None
-        taps.append(LinearTap(node, weight, bias, inputs.detach()))
-        covered.add(id(weight))
-        if bias is not None:
-            covered.add(id(bias))
+        if tap is not _NOT_SHARED_LINEAR:
+            taps.append(tap)  # type: ignore[arg-type]
+    covered = {id(t) for tap in taps for t in (tap.weight, tap.bias) if t is not None}
     return taps if taps and covered == shared_ids else None
+
+
+_NOT_SHARED_LINEAR = object()
+
+
+def _tap(node: Any, shared_ids: set[int], parents: dict[int, int]) -> LinearTap | object | None:
+    """``node`` as a tap; ``_NOT_SHARED_LINEAR`` if not a linear layer of a shared weight;
+    ``None`` if it is one that the shortcut cannot serve (used twice, not plain)."""
+    if type(node).__name__ != "AddmmBackward0":
+        return _NOT_SHARED_LINEAR
+    (bias_fn, _), _, (t_fn, _) = node.next_functions
+    if t_fn is None or type(t_fn).__name__ != "TBackward0":
+        return _NOT_SHARED_LINEAR
+    weight = _leaf(t_fn.next_functions[0][0])
+    if weight is None or id(weight) not in shared_ids:
+        return _NOT_SHARED_LINEAR
+    bias = None if bias_fn is None else _leaf(bias_fn)
+    once = parents.get(id(t_fn)) == 1 and parents.get(id(t_fn.next_functions[0][0])) == 1
+    plain = node._saved_alpha == 1 and node._saved_beta == 1 and weight.dim() == 2
+    if bias_fn is not None:
+        once = once and bias is not None and parents.get(id(bias_fn)) == 1
+        plain = plain and bias is not None and id(bias) in shared_ids and bias.dim() == 1
+    inputs = node._saved_mat1
+    if not (once and plain and isinstance(inputs, Tensor) and inputs.dim() == 2):
+        return None
+    return LinearTap(node, weight, bias, inputs.detach())
 
 
 class LinearGrads(TaskGrads):
@@ -242,26 +242,14 @@ class LinearGrads(TaskGrads):
 def linear_task_grads(
     losses: Sequence[Tensor], taps: list[LinearTap], shared: Sequence[Tensor],
     extra: Sequence[Tensor],
-) -> tuple[LinearGrads, bool]:
+) -> LinearGrads:
     """One backward pass per task to the taps' outputs and the ``extra`` leaves (graph freed)."""
-    # all as edges (autograd.grad takes tensors or edges, not both): a leaf's edge is its
-    # gradient accumulator's
-    targets = [GradientEdge(tap.node, 0) for tap in taps] + [get_gradient_edge(t) for t in extra]
-    live = [loss.requires_grad for loss in losses]
-    last = max((i for i, flag in enumerate(live) if flag), default=-1)
-    deltas: list[list[Tensor]] = []
-    others: list[list[Tensor]] = []
-    reached = False
-    for i, loss in enumerate(losses):
-        found: Sequence[Tensor | None] = [None] * len(targets)
-        if live[i]:
-            found = torch.autograd.grad(loss, targets, retain_graph=i < last, allow_unused=True)
-        reached = reached or any(g is not None for g in found[: len(taps)])
-        deltas.append([
-            torch.zeros(tap.inputs.shape[0], tap.weight.shape[0], dtype=tap.weight.dtype,
-                        device=tap.weight.device) if g is None else g
-            for tap, g in zip(taps, found[: len(taps)], strict=True)
-        ])
-        others.append([torch.zeros_like(t) if g is None else g
-                       for t, g in zip(extra, found[len(taps):], strict=True)])
-    return LinearGrads(taps, shared, deltas, others), reached
+    found = task_pass(losses, extra, edges=[GradientEdge(tap.node, 0) for tap in taps],
+                      keep_graph=False)
+    deltas = [
+        [torch.zeros(tap.inputs.shape[0], tap.weight.shape[0], dtype=tap.weight.dtype,
+                     device=tap.weight.device) if g is None else g
+         for tap, g in zip(taps, row, strict=True)]
+        for row in found.at_edges
+    ]
+    return LinearGrads(taps, shared, deltas, found.grads.grads)
