@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     many.add_argument(
         "--commit", action="store_true", help="git-commit each results file as it lands"
     )
+    tim = sub.add_parser("timing", parents=[common], help="interleaved step times of every row")
+    _config_flags(tim)
+    tim.add_argument("--repeats", type=int, default=10)
+    tim.add_argument("--batches", type=int, default=4)
+    tim.add_argument(
+        "--out-timing", type=Path, default=None, help="default results/qm9-<protocol>-timing.json"
+    )
     rep = sub.add_parser("report", parents=[common], help="the table, plot and docs page")
     rep.add_argument(
         "--out", type=Path, default=None, help="table base path (default results/qm9-<protocol>)"
@@ -155,6 +162,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "prepare":
         return 0
     overrides = _overrides(args)
+    if args.command == "timing":
+        from qm9.timing import step_times
+
+        rows: dict[str, Any] = {}
+        for config in plan(args.protocol, seeds=[0], stl_seeds=[0], lrs=[], **overrides):
+            key = "stl" if config.method == "stl" else config.name.removesuffix("-s0")
+            rows.setdefault(key, config)
+        timing = step_times(rows, graphs, batches=args.batches, repeats=args.repeats)
+        path = args.out_timing or RESULTS / f"qm9-{args.protocol}-timing.json"
+        atomic_write_json(path, timing)
+        for key, row in timing["rows"].items():
+            log(f"{key:24s} {row['median_s']:.3f} s  {row['ratio_to_ls']:.2f}x LS")
+        return 0
     if args.command == "run":
         config = preset(args.protocol, **overrides)
         folder = args.runs_dir / args.protocol / config.name

@@ -289,7 +289,8 @@ def _fake_run(method: str, seed: int, mae: list[float], *, task: str | None = No
               lr: float = 1e-3, step: float = 1.0) -> dict[str, Any]:  # fmt: skip
     config = preset("cpu", method=method, task=task, seed=seed, lr=lr, targets=(0, 2))
     return {
-        "config": config.to_json(), "tasks": ["mu", "homo"], "units": ["D", "eV"],
+        "config": config.to_json(), "name": config.name, "tasks": ["mu", "homo"],
+        "units": ["D", "eV"],
         "finished": True, "test_mae": mae, "val_mae": mae, "median_step_seconds": step,
         "mean_predictor_test_mae": [2.0, 2.0],
     }  # fmt: skip
@@ -346,3 +347,32 @@ def test_spearman_matches_scipy(pairs: list[tuple[float, float]]) -> None:
     if len(set(a)) < 2 or len(set(b)) < 2:
         return  # undefined for a constant list
     assert report.spearman(a, b) == pytest.approx(spearmanr(a, b).statistic)
+
+
+def test_timing_interleaves_every_row(graphs: data.Graphs) -> None:
+    from qm9.timing import step_times
+
+    rows = {
+        "equal": tiny(method="equal"),
+        "mgda-shared": tiny(method="mgda", gradients="shared"),
+        "stl": tiny(method="stl", task="mu"),
+    }
+    timing = step_times(rows, graphs, batches=2, repeats=2, warmup=0)
+    assert set(timing["rows"]) == set(rows)
+    assert timing["rows"]["equal"]["ratio_to_ls"] == 1.0
+    assert all(r["median_s"] > 0 for r in timing["rows"].values())
+    with pytest.raises(ValueError, match="'equal'"):
+        step_times({"stl": rows["stl"]}, graphs)
+
+
+def test_report_takes_the_interleaved_timing() -> None:
+    from qm9 import report
+
+    runs = [
+        _fake_run("stl", 0, [1.0, 1.0], task="mu"), _fake_run("stl", 0, [1.0, 1.0], task="homo"),
+        _fake_run("equal", 0, [1.2, 0.6]), _fake_run("mgda", 0, [1.0, 0.5], step=9.0),
+    ]  # fmt: skip
+    table = report.build_table(runs, {("mgda", "representation"): 1.25})
+    rows = {r["method"]: r for r in table["rows"]}
+    assert rows["mgda"]["step_ratio"] == 1.25  # not the recorded 9.0 / 1.0
+    assert rows["equal"]["step_ratio"] == 1.0
