@@ -158,83 +158,121 @@ def shared_cut(
     """
     if not losses or any(loss.grad_fn is None for loss in losses if loss.requires_grad):
         return None
-    shared_ids = {id(t) for t in shared}
-    reaches: dict[int, bool] = {}
-    variables: dict[int, Tensor] = {}  # leaf node id -> its tensor
-    inner: list[tuple[int, list[tuple[Any, int]]]] = []  # the other nodes and their edges
-    nodes: dict[int, Any] = {}  # keeps every node alive, so that the ids stay unique
-    parents = census.parents if census is not None else None
-    stack: list[Any] = [loss.grad_fn for loss in losses if loss.grad_fn is not None]
-    while stack:  # post-order: a node is settled after all of its children
-        node = stack.pop()
-        if node is None:  # the marker: the node below it is done
-            key, below = inner[stack.pop()]
-            reaches[key] = any(reaches[id(c)] for c, _ in below)
-            continue
+    walk = _Walk.of(losses, {id(t) for t in shared}, stops or {}, limit)
+    if walk is None:
+        return None
+    if census is not None:
+        census.nodes.update(walk.nodes)
+        census.parents.update(walk.parents)
+    if not all(walk.reaches[id(loss.grad_fn)] for loss in losses if loss.grad_fn is not None):
+        return None  # a loss that reaches no shared tensor
+    return walk.split()
+
+
+Edge = tuple[Any, int]  # (node, output number), as in ``node.next_functions``
+
+
+class _Walk:
+    """One post-order walk over the losses' graph: the nodes that reach the shared tensors.
+
+    ``reaches[id]``: whether a shared tensor (or a ``stops`` output) lies below the
+    node; ``leaves``: the leaf nodes' tensors; ``edges``: the other nodes' edges to
+    their children.
+    """
+
+    def __init__(self) -> None:
+        self.reaches: dict[int, bool] = {}
+        self.leaves: dict[int, Tensor] = {}
+        self.edges: dict[int, list[Edge]] = {}
+        self.nodes: dict[int, Any] = {}  # keeps every node alive, so that the ids stay unique
+        self.parents: dict[int, int] = {}
+
+    @classmethod
+    def of(
+        cls, losses: Sequence[Tensor], shared: set[int], stops: dict[int, set[int]], limit: int
+    ) -> _Walk | None:
+        """The walk, or ``None`` past ``limit`` nodes or at another output of a stop."""
+        walk = cls()
+        # (node, settled?): a node is settled after all of its children
+        stack: list[tuple[Any, bool]] = [(loss.grad_fn, False) for loss in losses
+                                         if loss.grad_fn is not None]
+        while stack:
+            node, children_done = stack.pop()
+            if children_done:
+                walk.reaches[id(node)] = any(walk.reaches[id(c)] for c, _ in walk.edges[id(node)])
+                continue
+            if id(node) in walk.reaches:
+                continue
+            if len(walk.nodes) >= limit or not walk.visit(node, shared, stops):
+                return None
+            if id(node) in walk.edges:
+                stack.append((node, True))
+                stack.extend((c, False) for c, _ in walk.edges[id(node)]
+                             if id(c) not in walk.reaches)
+        return walk
+
+    def visit(self, node: Any, shared: set[int], stops: dict[int, set[int]]) -> bool:
+        """Record ``node`` (a leaf is settled at once); ``False`` at another output of a stop."""
         key = id(node)
-        if key in reaches:
-            continue
-        if len(nodes) >= limit:
-            return None
-        nodes[key] = node
+        self.nodes[key] = node
         variable = getattr(node, "variable", None)
         if isinstance(variable, Tensor):
-            reaches[key] = id(variable) in shared_ids
-            variables[key] = variable
-            continue
-        reaches[key] = False  # provisional, replaced when done (the graph is acyclic)
+            self.reaches[key] = id(variable) in shared
+            self.leaves[key] = variable
+            return True
+        self.reaches[key] = False  # provisional, until settled (the graph is acyclic)
         below = [edge for edge in node.next_functions if edge[0] is not None]
-        if stops:
-            for c, number in below:
-                outputs = stops.get(id(c))
-                if outputs is not None:
-                    if number not in outputs:
-                        return None  # another output of a representation's node
-                    reaches[id(c)] = True  # a representation: not walked below
-                    nodes[id(c)] = c
-        if parents is not None:
-            for c, _ in below:
-                parents[id(c)] = parents.get(id(c), 0) + 1
-        stack.append(len(inner))
-        stack.append(None)
-        inner.append((key, below))
-        stack.extend(c for c, _ in below if id(c) not in reaches)
-    if census is not None:
-        census.nodes.update(nodes)
-    if not all(reaches[id(loss.grad_fn)] for loss in losses if loss.grad_fn is not None):
-        return None  # a loss that reaches no shared tensor
-    # A node off the shared paths whose children are all leaves, used only from the top
-    # (a head's W.t()), is part of a head: its leaves are heads, not below a cut.
-    head_only = {key for key, below in inner
-                 if not reaches[key] and all(id(c) in variables for c, _ in below)}
-    if len(head_only) < sum(not reaches[key] for key, _ in inner):
-        head_only -= {id(c) for key, below in inner
-                      if not reaches[key] and key not in head_only for c, _ in below}
-    heads: dict[int, Tensor] = {}
-    cut: dict[tuple[int, int], GradientEdge] = {}
-    below_leaves: set[int] = set()
-    cut_nodes: set[int] = set()
-    for key, below in inner:
-        top = reaches[key] or key in head_only
         for child, number in below:
-            ckey = id(child)
-            variable = variables.get(ckey)
-            if variable is not None:
-                if reaches[ckey]:  # a shared tensor
-                    continue
-                if top:
+            self.parents[id(child)] = self.parents.get(id(child), 0) + 1
+            outputs = stops.get(id(child))
+            if outputs is not None:
+                if number not in outputs:
+                    return False  # another output of a representation's node
+                self.reaches[id(child)] = True  # a representation: not walked below
+                self.nodes[id(child)] = child
+        self.edges[key] = below
+        return True
+
+    def head_only(self) -> set[int]:
+        """Nodes off the shared paths whose children are all leaves, used only from the top.
+
+        A head's ``W.t()``: its leaves are heads, not below a cut.
+        """
+        off = [key for key in self.edges if not self.reaches[key]]
+        found = {key for key in off if all(id(c) in self.leaves for c, _ in self.edges[key])}
+        if len(found) < len(off):
+            found -= {id(c) for key in off if key not in found for c, _ in self.edges[key]}
+        return found
+
+    def split(self) -> SharedCut | None:
+        """The heads and the cut edges, or ``None`` for the graphs a cut cannot serve."""
+        head_only = self.head_only()
+        heads: dict[int, Tensor] = {}
+        cut: dict[tuple[int, int], GradientEdge] = {}
+        below_leaves: set[int] = set()
+        for key, below in self.edges.items():
+            top = self.reaches[key] or key in head_only
+            for child, number in below:
+                ckey = id(child)
+                variable = self.leaves.get(ckey)
+                if self.reaches[ckey]:
+                    continue  # a shared tensor, or a node above one
+                if variable is not None and top:
                     heads[id(variable)] = variable
-                else:
+                elif variable is not None:
                     below_leaves.add(id(variable))
-            elif top and not reaches[ckey] and ckey not in head_only:
-                cut[(ckey, number)] = GradientEdge(child, number)
-                cut_nodes.add(ckey)
-    if cut_nodes:
-        for key, below in inner:  # no cut node below another one
-            if not reaches[key] and key not in head_only and any(
-                id(c) in cut_nodes for c, _ in below
-            ):
-                return None
-    if below_leaves & heads.keys():
-        return None  # a head's leaf also used below the cut (tied)
-    return SharedCut(list(heads.values()), list(cut.values()))
+                elif top and ckey not in head_only:
+                    cut[(ckey, number)] = GradientEdge(child, number)
+        if below_leaves & heads.keys():
+            return None  # a head's leaf also used below the cut (tied)
+        if self.nested({key for key, _ in cut}, head_only):
+            return None  # a cut node below another one
+        return SharedCut(list(heads.values()), list(cut.values()))
+
+    def nested(self, cut_nodes: set[int], head_only: set[int]) -> bool:
+        """Whether a cut node lies below another node under the cut."""
+        return any(
+            not self.reaches[key] and key not in head_only
+            and any(id(c) in cut_nodes for c, _ in below)
+            for key, below in self.edges.items()
+        )

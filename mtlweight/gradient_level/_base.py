@@ -147,6 +147,10 @@ class GradientMethod(Weighting):
     #: into one ``(T, P)`` matrix as the passes run, so that they are held once.
     needs_matrix: bool = True
 
+    #: Whether :meth:`combine` reads the diagonal of ``G`` only (the norms, as GB): then
+    #: the off-diagonal entries are not computed and are zero.
+    diagonal_only: bool = False
+
     #: Whether :meth:`combine` always returns a ``direction`` (not :math:`J^\\top w`):
     #: ``weighting(losses)`` then raises :class:`TypeError` before it computes anything.
     direction_only: bool = False
@@ -368,10 +372,48 @@ class GradientMethod(Weighting):
     def _weigh(
         self, names: list[str], grads: TaskGrads, count: int, per_sample: bool, values: Tensor
     ) -> Combination:
-        """The combination from the gradients of the first ``count`` targets (``J`` built here)."""
-        jac = grads.matrix(0, count)
-        g = self._gram(names, gram(jac), per_sample)
-        return self._checked(names, self.combine(jac, g, values))
+        """The combination from the gradients of the first ``count`` targets (the inputs).
+
+        :math:`J` is built only for methods that need it; the others get :math:`G`
+        from dot products (its diagonal only for :attr:`diagonal_only` methods,
+        then not kept as ``statistics["gram"]``).
+        """
+        jac: Tensor | None = None
+        if self.needs_matrix:
+            jac = grads.matrix(0, count)
+            g = gram(jac)
+        else:
+            g = grads.gram(0, count, diagonal_only=self.diagonal_only)
+        g = self._gram(names, g, per_sample, keep=not self.diagonal_only)
+        return self.on_matrices(names, jac, g, values)
+
+    def on_matrices(
+        self, names: list[str], jac: Tensor | None, gram: Tensor, values: Tensor
+    ) -> Combination:
+        """The method on matrices: this step's combination from :math:`J` and :math:`G`.
+
+        No autograd: the method's maths alone (and its state, which moves), as
+        :meth:`backward` applies it. ``jac`` may be ``None`` for the methods that
+        do not need it (:attr:`needs_matrix` false). Raises if the weights are not
+        one finite number per task.
+
+        Examples
+        --------
+        >>> import torch, mtlweight as mw
+        >>> mgda = mw.MGDA(shared=[torch.zeros(1, requires_grad=True)])
+        >>> mgda.on_matrices(["a", "b"], None, torch.tensor([[1.0, 0.0], [0.0, 4.0]]).double(),
+        ...            torch.ones(2)).weights
+        tensor([0.8000, 0.2000], dtype=torch.float64)
+        """
+        combination = self.combine(jac, gram, values)  # type: ignore[arg-type]
+        weights = combination.weights
+        if weights.shape != (len(names),):
+            raise ValueError(
+                f"{type(self).__name__}.combine returned weights of shape {tuple(weights.shape)}; "
+                f"expected ({len(names)},), one per task"
+            )
+        check_finite(names, weights, "weight")
+        return combination
 
     def _gram(self, names: list[str], g: Tensor, per_sample: bool, keep: bool = True) -> Tensor:
         """``G`` averaged across processes for a representation, symmetric, checked finite.
@@ -390,16 +432,6 @@ class GradientMethod(Weighting):
         else:
             self.statistics.pop("gram", None)
         return g
-
-    def _checked(self, names: list[str], combination: Combination) -> Combination:
-        weights = combination.weights
-        if weights.shape != (len(names),):
-            raise ValueError(
-                f"{type(self).__name__}.combine returned weights of shape {tuple(weights.shape)}; "
-                f"expected ({len(names)},), one per task"
-            )
-        check_finite(names, weights, "weight")
-        return combination
 
     def _inputs(self, representation: Tensor | None) -> list[Tensor]:
         if representation is not None:
@@ -449,16 +481,3 @@ class GramWeighting(GradientMethod):
         return Combination(self.gram_weights(gram, values))
 
     needs_matrix = False  # J is never built: G comes from dot products
-
-    #: Whether :meth:`gram_weights` reads the diagonal of ``G`` only (the norms, as GB):
-    #: then the off-diagonal entries are not computed and are zero.
-    diagonal_only: bool = False
-
-    def _weigh(
-        self, names: list[str], grads: TaskGrads, count: int, per_sample: bool, values: Tensor
-    ) -> Combination:
-        # G from dot products of the per-task gradients: J itself is never built
-        g = grads.gram(0, count, diagonal_only=self.diagonal_only)
-        # only the diagonal: not kept as statistics["gram"]
-        g = self._gram(names, g, per_sample, keep=not self.diagonal_only)
-        return self._checked(names, Combination(self.gram_weights(g, values)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from mtlweight._base import Stateful
+from mtlweight._engine.plans import Combination
 from mtlweight.gradient_level._base import GradientMethod, GramWeighting
 
 __all__ = ["TaskOrder", "TaskStateWeighting"]
@@ -14,18 +15,19 @@ __all__ = ["TaskOrder", "TaskStateWeighting"]
 class TaskOrder(GradientMethod, Stateful):
     """A :class:`GradientMethod` with per-task state kept in the order of :attr:`tasks`.
 
-    :meth:`reused_weights` (called before every combine) records how this
-    call's tasks map to that order; :meth:`call_order` maps a per-task
-    result back into this call's order.
+    :meth:`on_matrices` records how this call's tasks map to that order before it
+    combines; :meth:`call_order` maps a per-task result back into this call's
+    order.
     """
 
     _order: list[int] | None = None
 
-    def reused_weights(self, names: list[str]) -> Tensor | None:
-        # Called before every combine: remember how this call's tasks map to the state.
-        assert self.tasks is not None
+    def on_matrices(
+        self, names: list[str], jac: Tensor | None, gram: Tensor, values: Tensor
+    ) -> Combination:
+        assert self.tasks is not None, "the task names are fixed at the first call"
         self._order = None if names == self.tasks else [names.index(t) for t in self.tasks]
-        return None
+        return super().on_matrices(names, jac, gram, values)
 
     def call_order(self, per_task: Tensor) -> Tensor:
         """A ``(T,)`` tensor in the order of :attr:`tasks` back in this call's order."""
