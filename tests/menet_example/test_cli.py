@@ -81,9 +81,12 @@ def test_train_then_resume_then_evaluate(data: Path, tmp_path: Path,
     assert main(args) == 0
     assert "trained 2 steps" in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["weights"] == {"pixel": 1.0, "edge": 0.01}
-    # A finished run resumes to a no-op; only --out is needed.
+    # A finished run resumes to a no-op that says so; only --out is needed.
+    weights = (out / "model.safetensors").stat().st_mtime_ns
     assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
-    assert "trained 2 steps" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "had already finished (step 2 of 2): nothing to train" in said, said
+    assert "trained" not in said and (out / "model.safetensors").stat().st_mtime_ns == weights
     code = main(["evaluate", "--weights", str(out / "model.safetensors"), "--data", str(data),
                  "--ids", "1,2", "--protocol", "standard", "--out", str(tmp_path / "ev")])
     assert code == 0
@@ -162,7 +165,7 @@ def test_derain_command_processes_good_files_and_names_the_bad_one(
     assert main(["derain", str(src / "one.png"), "--weights", str(weights), "--out",
                  str(tmp_path / "d2"), "--device", "cpu", "--no-progress"]) == 0
     assert main(["derain", str(src), "--weights", str(tmp_path / "missing.safetensors"),
-                 "--out", str(out)]) == 2
+                 "--out", str(tmp_path / "d3")]) == 2
     assert "missing.safetensors" in capsys.readouterr().err
 
 

@@ -22,6 +22,7 @@ import contextlib
 import io
 import json
 import os
+import pickle
 import random
 import tempfile
 from collections.abc import Mapping
@@ -51,6 +52,17 @@ __all__ = [
 
 #: Version of the checkpoint layout written by :func:`save_checkpoint`.
 FORMAT_VERSION = 1
+
+#: File signatures named when a file that is not a checkpoint is given as one.
+_MAGIC = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG", "a PNG image"),
+    (b"GIF8", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"BM", "a BMP image"),
+    (b"RIFF", "a WebP image"),
+)
 
 
 class CheckpointError(RuntimeError):
@@ -107,7 +119,9 @@ def atomic_write(path: str | os.PathLike[str]) -> Any:
     ``fsync``-ed and renamed over ``path``; the directory is then ``fsync``-ed
     so the rename itself is durable. On an exception it is deleted and
     ``path`` is left untouched; an :class:`OSError` (full disk, read-only
-    folder, ...) becomes a :class:`CheckpointWriteError` naming ``path``.
+    folder, ...) becomes a :class:`CheckpointWriteError` naming ``path``. The
+    file gets the permissions of any other new file (``0o666`` less the umask,
+    usually ``0o644``), not the ``0o600`` of a temporary file.
 
     Parameters
     ----------
@@ -139,6 +153,8 @@ def atomic_write(path: str | os.PathLike[str]) -> Any:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
+            if hasattr(os, "fchmod"):  # POSIX
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
@@ -148,6 +164,13 @@ def atomic_write(path: str | os.PathLike[str]) -> Any:
             raise _write_error(path, exc) from exc
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -217,12 +240,31 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    with path.open("rb") as f:
+        head = f.read(8)
+    if len(head) < 4:
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable (truncated or corrupted): {len(head)} bytes"
+        )
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch's zip layout, or a bare pickle
+        kind = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+        raise CheckpointError(
+            f"{path} is not a MENET checkpoint or weights file"
+            + (f" (it is {kind})" if kind else "")
+            + ": expected a .ckpt written by menet train or a .safetensors export"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for damaged files
+    except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"checkpoint {path} is unreadable (truncated, corrupted or not a "
-            f"weights-only torch file): {type(exc).__name__}: {exc}"
+            f"checkpoint {path} holds Python objects besides tensors and plain values; "
+            "it is refused, because loading such objects can run code"
+        ) from exc
+    except Exception as exc:  # torch raises several types for damaged files
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable (truncated or corrupted): "
+            f"{type(exc).__name__}: {first}"
         ) from exc
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(
@@ -416,11 +458,20 @@ def load_model(
             f"expected one of {sorted(VARIANTS)}"
         )
     model = MENET.variant(variant)
+    missing = sorted(set(model.state_dict()) - set(state))
+    unexpected = sorted(set(state) - set(model.state_dict()))
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        raise CheckpointError(
+            f"weights file {path} does not match MENET variant {variant!r}: {len(missing)} "
+            f"tensor(s) missing, {len(unexpected)} unexpected (e.g. {first!r})"
+        )
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # a shape mismatch: its first line names the tensor
+        first = (str(exc).strip().splitlines() or [""])[-1].strip()
         raise CheckpointError(
-            f"weights file {path} does not match MENET variant {variant!r}: {exc}"
+            f"weights file {path} does not match MENET variant {variant!r}: {first}"
         ) from exc
     # Module.to moves in place; its stubs lack memory_format
     model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]

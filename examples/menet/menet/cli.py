@@ -48,6 +48,9 @@ from .evaluate import (
     summarize,
     write_csv,
 )
+from .images import quantize
+from .metrics import psnr, rgb_to_y
+from .outputs import RUN_FILES, ensure_out_dir, refuse_existing
 from .parser import TRAIN_DEFAULTS, build_parser
 from .pretrained import bundled_weights, describe_weights
 from .train import TrainResult, train
@@ -90,11 +93,24 @@ def train_config(given: dict[str, Any]) -> TrainConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "force")}
     try:
-        config = train_config({k: v for k, v in vars(args).items() if k != "command"})
+        config = train_config(given)
     except CheckpointError as exc:
         return _fail("train", f"cannot resume: {exc}")
     except (TypeError, ValueError) as exc:
+        return _fail("train", exc)
+    if not config.resume and not getattr(args, "force", False):
+        taken = refuse_existing(
+            [Path(config.out) / name for name in RUN_FILES], "file",
+            f"{config.out} holds a run: continue it with --resume, or pass --force to start "
+            "over and replace it",
+        )
+        if taken:
+            return _fail("train", taken)
+    try:
+        ensure_out_dir(config.out)
+    except OSError as exc:
         return _fail("train", exc)
     tip = amp_tip(config)
     if tip and context().is_main:
@@ -116,6 +132,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.interrupted:
         print(_interrupted_message(result, config), file=sys.stderr)
         return 130
+    if result.already_finished:
+        print(f"the run in {config.out} had already finished (step {result.step} of "
+              f"{result.total_steps}): nothing to train\nweights: {result.weights_file}")
+        return 0
     print(_trained_message(result))
     return 0
 
@@ -155,10 +175,14 @@ def _trained_message(result: TrainResult) -> str:
         skipped = (
             f"\nskipped {len(result.skipped_steps)} step(s) with non-finite losses: {shown}{more}"
         )
-    return (
-        f"trained {result.step} steps ({result.epoch} epochs) in {result.seconds:.0f} s"
-        f"{losses}\nweights: {result.weights_file}\nlog: {result.log}{skipped}"
-    )
+    head = f"trained {result.step} steps ({result.epoch} epochs) in {result.seconds:.0f} s"
+    if result.resumed_from is not None:
+        head += (
+            f" over all sittings; this sitting resumed from step {result.resumed_from} and "
+            f"trained steps {result.resumed_from + 1}-{result.step} in "
+            f"{result.sitting_seconds:.0f} s"
+        )
+    return f"{head}{losses}\nweights: {result.weights_file}\nlog: {result.log}{skipped}"
 
 
 def _load_weights(weights: str | None, device: Any, ensemble: Ensemble = "none") -> nn.Module:
@@ -189,7 +213,15 @@ def _evaluate_source(args: argparse.Namespace) -> PairSource:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else None
     try:
+        if out is not None:
+            ensure_out_dir(out)
+            names = ("summary.json", "grid.png", "scores-paper.csv", "scores-standard.csv")
+            taken = None if args.force else refuse_existing(
+                [out / n for n in names], "result", "pass --force to replace them")
+            if taken:
+                return _fail("evaluate", taken)
         device = resolve_device(args.device)
         model = (None if args.input_only
                  else _load_weights(args.weights, device, args.ensemble))
@@ -199,7 +231,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     protocols: list[Literal["paper", "standard"]] = (
         ["paper", "standard"] if args.protocol == "both" else [args.protocol]
     )
-    out = Path(args.out) if args.out else None
     report: dict[str, dict[str, float]] = {}
     try:
         for protocol in protocols:
@@ -217,10 +248,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if out is not None:
         (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
         if model is not None:
-            rows = [dataset[i] for i in range(min(3, len(dataset)))]  # type: ignore[arg-type]
-            save_grid([(r, derain_image(model, r), c) for r, c in rows], out / "grid.png")
+            rows, labels = _grid_rows(model, dataset)
+            save_grid(rows, out / "grid.png", row_labels=labels)
         print(f"wrote scores, plots and summary.json to {out}")
     return 0
+
+
+def _grid_rows(
+    model: nn.Module, dataset: Any, count: int = 3
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], list[str]]:
+    """The first ``count`` pairs as (rainy, de-rained, clean), labelled by name and Y PSNR."""
+    names = getattr(dataset, "names", None)
+    rows, labels = [], []
+    for i in range(min(count, len(dataset))):
+        rainy, clean = dataset[i]
+        derained = derain_image(model, rainy)
+        before, after = (float(psnr(rgb_to_y(x[None]), rgb_to_y(clean[None]))[0])
+                         for x in (quantize(rainy), quantize(derained)))
+        name = names[i] if names is not None and i < len(names) else f"pair {i + 1}"
+        rows.append((rainy, derained, clean))
+        labels.append(f"{name}\n{before:.1f} -> {after:.1f} dB (Y)")
+    return rows, labels
 
 
 def _score_line(protocol: str, s: dict[str, float], with_model: bool) -> str:
@@ -250,20 +298,30 @@ def _cmd_derain(args: argparse.Namespace) -> int:
     empty = [p for p in args.inputs if Path(p).is_dir() and not collect_inputs([p])]
     if empty:
         return _fail("derain", f"no images (.png, .jpg, ...) in folder {empty[0]}")
+    out = Path(args.out)
+    targets = [(src, out / rel) for src, rel in collect_inputs(args.inputs)]
+    taken = None if args.force or args.skip_existing else refuse_existing(
+        [dst for src, dst in targets if not (src.exists() and src.resolve() == dst.resolve())],
+        "result", "pass --force to replace them or --skip-existing to keep them")
+    if taken:
+        return _fail("derain", taken)
     try:
+        ensure_out_dir(out)
         model = _load_weights(args.weights, resolve_device(args.device), args.ensemble)
-    except (CheckpointError, DeviceError, ValueError) as exc:
+    except (CheckpointError, DeviceError, OSError, ValueError) as exc:
         return _fail("derain", exc)
     report = derain_files(
         model,
         args.inputs,
-        args.out,
+        out,
         tile=args.tile or None,
         overlap=args.overlap,
         quality=args.quality,
         progress=args.progress,
+        existing="overwrite" if args.force else "skip" if args.skip_existing else "fail",
     )
-    print(f"de-rained {len(report.written)} image(s) into {args.out}")
+    kept = f" ({len(report.skipped)} kept: already there)" if report.skipped else ""
+    print(f"de-rained {len(report.written)} image(s) into {args.out}{kept}")
     if report.failed:
         print(f"menet derain: {len(report.failed)} file(s) failed:", file=sys.stderr)
         for src, _ in report.failed:

@@ -37,13 +37,13 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Literal, TextIO
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .images import read_bit_depth, read_image, write_image
+from .images import read_photo, write_photo
 from .model import pad_to_multiple
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "DerainReport",
     "apply_tiled",
     "collect_inputs",
+    "count_tiles",
     "derain_files",
     "derain_image",
     "tile_spans",
@@ -132,6 +133,7 @@ def apply_tiled(
     overlap: int = 32,
     window: str = "hann",
     align: int = 1,
+    on_tile: Callable[[], object] | None = None,
 ) -> Tensor:
     """Apply an image-to-image ``fn`` tile by tile and blend the tiles seamlessly.
 
@@ -150,6 +152,8 @@ def apply_tiled(
     align : int
         Tile starts are multiples of ``align`` (a network that downsamples by
         ``align`` is translation-equivariant only for such shifts).
+    on_tile : callable, optional
+        Called after each tile (e.g. to advance a progress bar).
 
     Returns
     -------
@@ -162,7 +166,10 @@ def apply_tiled(
     _, _, h, w = image.shape
     ys, xs = tile_spans(h, tile, overlap, align), tile_spans(w, tile, overlap, align)
     if len(ys) == 1 and len(xs) == 1:
-        return fn(image)
+        whole = fn(image)
+        if on_tile is not None:
+            on_tile()
+        return whole
     acc: Tensor | None = None
     norm = torch.zeros(h, w, dtype=torch.float64, device=image.device)
     wy = [_window_1d(ys, i, window, torch.float64).to(image.device) for i in range(len(ys))]
@@ -182,6 +189,8 @@ def apply_tiled(
             weight = wy[i][:, None] * wx[j][None, :]
             acc[:, :, y0:y1, x0:x1] += out.double() * weight
             norm[y0:y1, x0:x1] += weight
+            if on_tile is not None:
+                on_tile()
     assert acc is not None
     return (acc / norm).to(image.dtype)
 
@@ -193,12 +202,14 @@ def derain_image(
     tile: int | None = 512,
     overlap: int = 64,
     window: str = "hann",
+    on_tile: Callable[[], object] | None = None,
 ) -> Tensor:
     """De-rain one image ``(3, H, W)`` or a batch ``(B, 3, H, W)`` in [0, 1].
 
     Runs ``model`` in eval mode without gradients on the model's device, in
     tiles of ``tile`` pixels (``None`` or 0: the whole image at once), and
     returns the result on ``image``'s device with ``image``'s shape.
+    ``on_tile`` is called after each tile (:func:`count_tiles` of them).
 
     The image is first reflect-padded to multiples of 16 exactly as
     :class:`~menet.model.MENET` pads it itself, and tiles start at multiples of
@@ -237,11 +248,27 @@ def derain_image(
                     f"tile={side} (tile rounded down to a multiple of {_ALIGN})"
                 )
             padded = pad_to_multiple(x, _ALIGN)
-            y = apply_tiled(run, padded, tile=side, overlap=overlap, window=window, align=_ALIGN)
+            y = apply_tiled(run, padded, tile=side, overlap=overlap, window=window, align=_ALIGN,
+                            on_tile=on_tile)
             y = y[..., :h, :w]
         else:
             y = run(x)
+            if on_tile is not None:
+                on_tile()
     return y[0] if single else y
+
+
+def count_tiles(h: int, w: int, tile: int | None = 512, overlap: int = 64) -> int:
+    """How many tiles :func:`derain_image` runs for an ``h x w`` image.
+
+    >>> count_tiles(300, 200, tile=None), count_tiles(1000, 700, tile=512, overlap=64)
+    (1, 6)
+    """
+    if not tile or max(h, w) <= tile:
+        return 1
+    side = max(_ALIGN, tile - tile % _ALIGN)
+    ph, pw = (-(-n // _ALIGN) * _ALIGN for n in (h, w))
+    return len(tile_spans(ph, side, overlap, _ALIGN)) * len(tile_spans(pw, side, overlap, _ALIGN))
 
 
 def collect_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, Path]]:
@@ -264,17 +291,33 @@ def collect_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path,
     return pairs
 
 
+#: What :func:`derain_files` does with a result that already exists.
+Existing = Literal["fail", "skip", "overwrite"]
+
+
 @dataclass
 class DerainReport:
-    """Files written and files that failed (with the reason) by :func:`derain_files`."""
+    """Files written, skipped (results already there) and failed (with the reason)."""
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """True when no file failed."""
         return not self.failed
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(h, w)`` from the file's header (no decoding); ``(1, 1)`` when unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Exception:  # reported when the file is really read
+        return 1, 1
 
 
 def derain_files(
@@ -287,40 +330,66 @@ def derain_files(
     quality: int = 95,
     stderr: TextIO | None = None,
     progress: bool = False,
+    existing: Existing = "fail",
 ) -> DerainReport:
-    """De-rain image files and folders into ``out_dir``, same size and format.
+    """De-rain image files and folders into ``out_dir``, same size, format and metadata.
 
     PNG stays PNG (16-bit PNG/TIFF stay 16-bit), JPEG stays JPEG (``quality``),
-    and so on by extension. A file that can't be read or written is reported
-    by name on ``stderr`` and skipped; the others are still processed.
-    Transparent images are composited onto white (the output has no alpha).
+    and so on by extension. Photos are de-rained upright (EXIF orientation
+    applied) and written upright with their other EXIF and ICC profile; a
+    greyscale file is written back as greyscale, and a transparent one gets
+    its alpha channel back (the colour is de-rained, the alpha kept).
+    A file that can't be read or written is reported by name on ``stderr``
+    and skipped; the others are still processed. A result that already exists
+    fails (``existing="fail"``), is kept (``"skip"``) or is replaced
+    (``"overwrite"``). The progress bar counts tiles, so it moves within a
+    large image.
 
     Returns
     -------
     DerainReport
-        ``written`` output paths and ``failed`` ``(input, reason)`` pairs.
+        ``written`` and ``skipped`` output paths and ``failed`` ``(input, reason)`` pairs.
     """
+    if existing not in ("fail", "skip", "overwrite"):
+        raise ValueError(f"existing must be 'fail', 'skip' or 'overwrite'; found {existing!r}")
     err = stderr if stderr is not None else sys.stderr
     out = Path(out_dir)
     report = DerainReport()
     jobs = collect_inputs(inputs)
+    tiles = [count_tiles(*_image_size(src), tile, overlap) if progress else 1 for src, _ in jobs]
+    bar = tqdm(total=sum(tiles), disable=not progress, desc="derain", unit="tile",
+               file=sys.stderr, dynamic_ncols=True)
     targets: dict[Path, Path] = {}
-    for src, rel in tqdm(jobs, disable=not progress, desc="derain", unit="img", file=sys.stderr):
-        dst = out / rel
-        try:
-            if dst in targets:
-                raise ValueError(f"output {dst} would overwrite the result of {targets[dst]}")
-            if dst.exists() and src.exists() and dst.resolve() == src.resolve():
-                raise ValueError(f"output {dst} is the input file itself; choose another --out")
-            image = read_image(src)
-            bits = read_bit_depth(src) if src.suffix.lower() in (".png", ".tif", ".tiff") else 8
-            result = derain_image(model, image, tile=tile, overlap=overlap)
-            write_image(result, dst, bits=bits, quality=quality)
-        except (OSError, ValueError, RuntimeError) as exc:
-            message = str(exc) if str(src) in str(exc) else f"{src}: {exc}"
-            report.failed.append((src, message))
-            print(f"menet derain: failed: {message}", file=err)
-            continue
-        targets[dst] = src
-        report.written.append(dst)
+    with bar:
+        for (src, rel), n in zip(jobs, tiles, strict=True):
+            dst = out / rel
+            done = bar.n
+            bar.set_postfix_str(src.name, refresh=False)
+            try:
+                if dst in targets:
+                    raise ValueError(f"output {dst} would overwrite the result of {targets[dst]}")
+                if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+                    raise ValueError(f"output {dst} is the input file itself; choose another --out")
+                if dst.exists() and existing == "skip":
+                    report.skipped.append(dst)
+                    bar.update(n)
+                    continue
+                if dst.exists() and existing == "fail":
+                    raise ValueError(
+                        f"output {dst} already exists (--force replaces it, --skip-existing "
+                        "keeps it)"
+                    )
+                photo = read_photo(src)
+                result = derain_image(model, photo.rgb, tile=tile, overlap=overlap,
+                                      on_tile=lambda: bar.update(1))
+                write_photo(result, dst, photo, quality=quality)
+            except (OSError, ValueError, RuntimeError) as exc:
+                message = str(exc) if str(src) in str(exc) else f"{src}: {exc}"
+                report.failed.append((src, message))
+                tqdm.write(f"menet derain: failed: {message}", file=err)
+                continue
+            finally:
+                bar.update(max(0, done + n - bar.n))  # a file's tiles, however it ended
+            targets[dst] = src
+            report.written.append(dst)
     return report

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from menet.data import ten_crops
 from menet.images import quantize
 from menet.metrics import psnr, rgb_to_y, ssim
+from menet.plots import legend_below
 
 __all__ = [
     "ImageRecord",
@@ -287,7 +288,7 @@ def plot_psnr_histogram(
     ax.set_xlabel("PSNR (dB)")
     ax.set_ylabel("images")
     ax.set_title(title or f"Per-image PSNR ({groups[0][0]} vs output, {_protocol(records)})")
-    ax.legend()
+    legend_below(ax)
     _save(fig, path)
 
 
@@ -356,10 +357,12 @@ def save_grid(
     if row_labels is not None and len(row_labels) != len(triples):
         raise ValueError(f"save_grid: {len(row_labels)} row labels for {len(triples)} rows")
     cols = len(triples[0])
-    h, w = triples[0][0].shape[-2:]
-    scale = 3.0 / max(h, w)
-    fig = Figure(figsize=(cols * w * scale, len(triples) * h * scale + 0.4))
-    axes = fig.subplots(len(triples), cols, squeeze=False)
+    # Each row as tall as its own image at a common width: no blank band after a
+    # portrait row in a grid that starts with a landscape one (or the reverse).
+    ratios = [row[0].shape[-2] / row[0].shape[-1] for row in triples]
+    fig = Figure(figsize=(cols * 3.0, 3.0 * sum(ratios) + 0.5))
+    axes = fig.subplots(len(triples), cols, squeeze=False,
+                        gridspec_kw={"height_ratios": ratios})
     for r, row in enumerate(triples):
         for c, img in enumerate(row):
             if img.dim() != 3 or img.shape[0] != 3:

@@ -19,6 +19,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from .config import DEFAULT_RECIPE, GB_SHARED, RECIPES, TrainConfig
@@ -435,8 +436,9 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``menet`` argument parser with its four subcommands."""
+    invoked = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
     parser = argparse.ArgumentParser(
-        prog="python -m menet",
+        prog="menet" if invoked == "menet" else "python -m menet",  # the console script
         description="MENET single-image de-raining with multi-task loss weighting (mtlweight).",
     )
     parser.add_argument("--version", action="version", version=f"menet {_version()}")

@@ -25,7 +25,24 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["lr_drops", "moving_average", "plot_training_log", "read_log"]
+__all__ = ["legend_below", "lr_drops", "moving_average", "plot_training_log", "read_log"]
+
+
+def legend_below(ax: Any, *others: Any) -> Any:
+    """One legend for ``ax`` (and its twin axes ``others``), below the plot, never on a curve.
+
+    The legend sits under the x-axis label, in as many columns as fit; save the
+    figure with ``bbox_inches="tight"`` so that it is inside the image.
+    """
+    handles, labels = [], []
+    for a in (ax, *others):
+        h, lab = a.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    if not handles:
+        return None
+    return ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+                     ncol=min(len(handles), 4), frameon=False, borderaxespad=0.0)
 
 
 def read_log(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -83,10 +100,13 @@ def lr_drops(steps: np.ndarray, lr: np.ndarray) -> list[float]:
     return [float(steps[k]) for k in falls]
 
 
-def _mark_learning_rate(ax: Any, steps: np.ndarray, lr: np.ndarray | None) -> None:
-    """Mark the drops of a step schedule, or draw a varying (cosine) rate on a twin axis."""
+def _mark_learning_rate(ax: Any, steps: np.ndarray, lr: np.ndarray | None) -> list[Any]:
+    """Mark the drops of a step schedule, or draw a varying (cosine) rate on a twin axis.
+
+    Returns the twin axis in a list (empty without one), for :func:`legend_below`.
+    """
     if lr is None or len(lr) < 2:
-        return
+        return []
     drops = lr_drops(steps, lr)
     for k, step in enumerate(drops):
         ax.axvline(step, color="0.3", linestyle="--", linewidth=1.0,
@@ -96,7 +116,8 @@ def _mark_learning_rate(ax: Any, steps: np.ndarray, lr: np.ndarray | None) -> No
         twin.plot(steps, lr, color="0.4", linestyle=":", linewidth=1.2, label="learning rate")
         twin.set_ylabel("learning rate")
         twin.set_ylim(bottom=0)
-        twin.legend(loc="upper right")
+        return [twin]
+    return []
 
 
 def plot_training_log(
@@ -146,10 +167,10 @@ def plot_training_log(
     ax.set_ylabel("loss (unweighted)")
     ax.set_title(f"Training losses (moving average over {w} steps)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    legend_below(ax)
     fig.tight_layout()
     losses_png = out / "loss_curves.png"
-    fig.savefig(losses_png, dpi=120)
+    fig.savefig(losses_png, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -159,15 +180,14 @@ def plot_training_log(
             if w > 1:
                 ax.plot(steps, cols[col], color=f"C{i}", alpha=0.2, linewidth=0.6)
             ax.plot(steps, moving_average(cols[col], w), color=f"C{i}", label=t, linewidth=1.6)
-    _mark_learning_rate(ax, steps, cols.get("lr"))
+    twins = _mark_learning_rate(ax, steps, cols.get("lr"))
     ax.set_xlabel("step")
     ax.set_ylabel("weight $w_t$")
     ax.set_title(f"Task weights (moving average over {w} steps; raw per step faint)")
     ax.grid(True, alpha=0.3)
-    if tasks:
-        ax.legend(loc="upper left")
+    legend_below(ax, *twins)
     fig.tight_layout()
     weights_png = out / "weight_trajectories.png"
-    fig.savefig(weights_png, dpi=120)
+    fig.savefig(weights_png, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return [losses_png, weights_png]

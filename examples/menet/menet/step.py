@@ -214,7 +214,11 @@ def mean_over_ranks(r: StepResult) -> StepResult:
 
 
 def postfix(r: StepResult) -> str:
-    """Short progress-bar text: ``pixel=0.01 ... w_pixel=0.67 ...``."""
-    parts = [f"{n}={v:.3g}" for n, v in r.losses.items()]
-    parts += [f"w_{n}={v:.2f}" for n, v in r.weights.items()]
-    return " ".join(parts)
+    """The status line under the training bar: the weights first, then the losses.
+
+    >>> postfix(StepResult({"pixel": 0.0123, "edge": 0.5}, {"pixel": 0.9, "edge": 0.1}, 0.06))
+    'weights pixel 0.90 edge 0.10 | losses pixel 0.0123 edge 0.5'
+    """
+    weights = " ".join(f"{n} {v:.2f}" for n, v in r.weights.items())
+    losses = " ".join(f"{n} {v:.3g}" for n, v in r.losses.items())
+    return f"weights {weights} | losses {losses}"

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import sys
 import threading
@@ -44,16 +43,12 @@ from tqdm import tqdm
 from mtlweight.distributed import is_distributed
 
 from .building import build_dataset, build_losses, build_weighting, resolve_device
-from .checkpoint import (
-    CheckpointWriteError,
-    export_weights,
-    load_checkpoint,
-    remove_stale_temporaries,
-)
+from .checkpoint import export_weights, load_checkpoint, remove_stale_temporaries
 from .config import LOSS_NAMES, TrainConfig, check_resume
 from .distributed import DistContext, barrier, on_rank0
 from .distributed import cleanup as dist_cleanup
 from .distributed import setup as dist_setup
+from .outputs import ensure_out_dir
 from .plots import plot_training_log
 from .runlog import CsvLog
 from .session import Session, open_session
@@ -80,7 +75,9 @@ class TrainResult:
 
     ``interrupted`` is true when training stopped on Ctrl-C; the last complete
     checkpoint is then ``checkpoint`` (holding step ``checkpoint_step``), or
-    ``None`` if none was written.
+    ``None`` if none was written. ``seconds`` is the run's wall time over all
+    sittings, ``sitting_seconds`` this call's; a resumed run started at step
+    ``resumed_from``, and ``already_finished`` says it had nothing left to train.
     """
 
     model: nn.Module
@@ -97,6 +94,9 @@ class TrainResult:
     seconds: float = 0.0
     skipped_steps: list[int] = field(default_factory=list)
     checkpoint_step: int | None = None
+    resumed_from: int | None = None
+    sitting_seconds: float = 0.0
+    already_finished: bool = False
 
 
 def train(
@@ -174,8 +174,14 @@ def _train(
     session = open_session(config, device, ctx.rank, ctx.world_size, ckpt)
     state = session.state
     saved = (out / "last.ckpt", state.step) if ckpt is not None else None
+    begin = (state.step, state.elapsed) if ckpt is not None else None
+    if ckpt is not None and state.done:  # nothing to train: export if that never happened
+        return _finish(session, out, None, saved, interrupted=False, begin=begin, finished=True)
+    if ckpt is not None and ctx.is_main:
+        print(f"menet train: resuming from step {state.step} of {state.total_steps} "
+              f"(epoch {state.epoch + 1}) in {out / 'last.ckpt'}", file=sys.stderr)
     log = _open_log(config, out, state, resumed=ckpt is not None) if ctx.is_main else None
-    bar = _progress_bar(config, state, show=ctx.is_main)
+    bar = _Progress(config, state, show=ctx.is_main)
     stop = _StopOnSigint(enabled=ctx.world_size == 1)
     last: StepResult | None = None
     try:
@@ -203,7 +209,7 @@ def _train(
         bar.close()
         if log is not None:
             log.close()
-    return _finish(session, out, last, saved, interrupted=stop.interrupted)
+    return _finish(session, out, last, saved, interrupted=stop.interrupted, begin=begin)
 
 
 # ----------------------------------------------------------------------------- the loop's parts
@@ -225,15 +231,28 @@ def _open_log(config: TrainConfig, out: Path, state: TrainingState, resumed: boo
     )
 
 
-def _progress_bar(config: TrainConfig, state: TrainingState, show: bool) -> tqdm[Any]:
-    return tqdm(
-        total=state.total_steps,
-        initial=state.step,
-        disable=not (config.progress and show),
-        desc=f"menet {config.variant} {config.weighting}",
-        dynamic_ncols=True,
-        file=sys.stderr,
-    )
+class _Progress:
+    """The training bar (steps, time, rate) and, below it, a line with the weights and losses.
+
+    Two lines, so that the bar keeps its width in an 80-column terminal and the
+    weights stay visible (a line too long for the terminal loses its end: the losses).
+    """
+
+    def __init__(self, config: TrainConfig, state: TrainingState, show: bool) -> None:
+        off = not (config.progress and show)
+        self.bar = tqdm(total=state.total_steps, initial=state.step, disable=off,
+                        desc=config.weighting, unit="step", dynamic_ncols=True, file=sys.stderr)
+        self.status = tqdm(total=0, position=1, bar_format="{desc}", disable=off,
+                           dynamic_ncols=True, file=sys.stderr)
+
+    def step(self, result: StepResult) -> None:
+        self.status.set_description_str(postfix(result), refresh=False)
+        if self.bar.update(1):  # True when the bar was redrawn: redraw the line below too
+            self.status.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+        self.status.close()
 
 
 def _step(
@@ -268,7 +287,7 @@ def _record(
     lr: float,
     state: TrainingState,
     log: CsvLog | None,
-    bar: tqdm[Any],
+    bar: _Progress,
     ctx: DistContext,
 ) -> StepResult | None:
     """Count the step, log it (rank 0) and show it; return it unless it was skipped."""
@@ -287,8 +306,7 @@ def _record(
         logged = mean_over_ranks(result) if ctx.world_size > 1 else result
         if log is not None:
             log.write(state.step, state.epoch, lr, logged, state.elapsed, len(state.skipped))
-    bar.update(1)
-    bar.set_postfix_str(postfix(result), refresh=False)
+    bar.step(result)
     return logged
 
 
@@ -341,13 +359,22 @@ def _finish(
     saved: tuple[Path, int] | None,
     *,
     interrupted: bool,
+    begin: tuple[int, float] | None,
+    finished: bool = False,
 ) -> TrainResult:
-    """Export the weights and plot the log (rank 0) unless interrupted; the result."""
+    """Export the weights and plot the log (rank 0) unless interrupted; the result.
+
+    ``begin`` is the resumed checkpoint's ``(step, elapsed seconds)``. A run
+    resumed after it had finished (``finished``) exports only when its weights
+    file is missing (a crash between the last checkpoint and the export).
+    """
     state, config = session.state, session.config
     session.net.eval()
     weights_file: Path | None = None
     plots: list[Path] = []
-    if not interrupted:
+    if finished and (out / "model.safetensors").is_file():
+        weights_file = out / "model.safetensors"
+    elif not interrupted:
 
         def export() -> tuple[Path, list[Path]]:
             written = export_weights(
@@ -381,21 +408,12 @@ def _finish(
         seconds=state.elapsed,
         skipped_steps=list(state.skipped),
         checkpoint_step=saved[1] if saved else None,
+        resumed_from=None if begin is None else begin[0],
+        sitting_seconds=state.elapsed - (0.0 if begin is None else begin[1]),
+        already_finished=finished,
     )
 
 
 def prepare_out(out: Path) -> None:
     """Create the output folder, check it is writable and remove stale temporary files."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".menet-write-test-{os.getpid()}.tmp"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        message = (
-            f"output folder {out} is not writable ({exc.strerror or exc}); choose another --out"
-        )
-        if exc.errno is None:
-            raise CheckpointWriteError(message) from exc
-        raise CheckpointWriteError(exc.errno, message) from exc
-    remove_stale_temporaries(out)
+    remove_stale_temporaries(ensure_out_dir(out))
