@@ -133,6 +133,14 @@ def test_a_non_editable_install_ships_the_bundled_file(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "menet/weights/menet-rain100.safetensors" in names
     assert "menet/weights/menet-rain100.json" in names
+    # The code's licence, the weights' data note, and the `menet` command.
+    assert "menet/weights/WEIGHTS-LICENSE.md" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "[console_scripts]" in text and "menet = menet.cli:main" in text
+    note = zipfile.ZipFile(wheel).read("menet/weights/WEIGHTS-LICENSE.md").decode()
+    assert "research" in note and "MIT" in note
 
 
 DATA = Path(os.environ.get("MTLWEIGHT_DATA")
