@@ -2,7 +2,7 @@
 
 Markdown, the command reference, math and the API pages use maintained extensions
 (myst-parser, sphinx-argparse, the local MathJax bundle, autodoc); this module
-only holds three small pieces specific to these docs:
+only holds four small pieces specific to these docs:
 
 ``:test:`tests/path.py::test_name```
     A reference to a test. The build fails (under ``-W``) if the file or the test
@@ -16,6 +16,10 @@ only holds three small pieces specific to these docs:
     exception name.
 ``public_bases`` (``autodoc-process-bases``)
     Shows a class's first public ancestor instead of a private base class.
+``KeepOptionDashes`` (a transform)
+    Keeps the two hyphens of a command-line option (``--force``) in prose, where
+    smart quotes would turn them into an en dash (``–force``); a spaced `` -- ``
+    between words still becomes a dash.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from typing import Any
 
 from docutils import nodes
 from sphinx.application import Sphinx
+from sphinx.transforms import SphinxTransform
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxRole
+from sphinx.util.nodes import is_smartquotable
 
 logger = logging.getLogger(__name__)
 
@@ -163,14 +169,38 @@ def public_bases(app: Sphinx, name: str, obj: object, options: object, bases: li
     bases[:] = seen
 
 
+_OPTION = re.compile(r"((?<![\w-])--[A-Za-z][\w-]*)")
+
+
+class KeepOptionDashes(SphinxTransform):
+    """Wrap each ``--option`` of smart-quotable text in a span that smart quotes skip."""
+
+    default_priority = 740  # before SphinxSmartQuotes (750)
+
+    def apply(self, **kwargs: Any) -> None:
+        for text in list(self.document.findall(nodes.Text)):
+            if "--" not in text or not is_smartquotable(text):
+                continue
+            parts = _OPTION.split(str(text))
+            if len(parts) == 1:
+                continue
+            new: list[nodes.Node] = [
+                nodes.inline(p, p, support_smartquotes=False) if i % 2 else nodes.Text(p)
+                for i, p in enumerate(parts)
+                if p
+            ]
+            text.parent.replace(text, new)
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.setup_extension("sphinx.ext.autodoc")
     app.connect("autodoc-process-docstring", notes_before_sections, priority=400)
     app.connect("autodoc-process-bases", public_bases)
     app.add_role("test", TestRole())
+    app.add_transform(KeepOptionDashes)
     return {
         "version": "2",
-        "env_version": 4,  # bump when a change here alters how pages are read
+        "env_version": 5,  # bump when a change here alters how pages are read
         "parallel_read_safe": True,
         "parallel_write_safe": True,
     }

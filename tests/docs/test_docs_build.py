@@ -466,3 +466,22 @@ def test_a_stale_test_reference_fails_the_build(tmp_path: Path) -> None:
     stale = _mini_build(tmp_path / "stale", page.format("nope"))
     assert stale.returncode != 0
     assert "stale test reference" in stale.log and "nope" in stale.log
+
+
+def test_command_line_options_keep_both_hyphens(builds: dict[str, Build]) -> None:
+    """Smart quotes would render ``--force`` in prose as an en dash (``–force``)."""
+    html = builds["html"].out
+    for page in ("menet.html", "model_card.html", "index.html"):
+        text = (html / page).read_text(encoding="utf-8")
+        dashed = re.findall(r"[\u2013\u2014][a-z][\w-]*", text)
+        assert not dashed, (page, sorted(set(dashed))[:10])
+    menet = re.sub(r"<[^>]+>", "", (html / "menet.html").read_text(encoding="utf-8"))
+    assert "--skip-existing" in menet and "--force" in menet
+
+
+def test_the_landing_page_shows_the_figure_numbers_and_install(builds: dict[str, Build]) -> None:
+    index = (builds["html"].out / "index.html").read_text(encoding="utf-8")
+    assert "_images/landing.jpg" in index or "_static/landing.jpg" in index
+    text = re.sub(r"<[^>]+>", "", index)  # code blocks are split into highlighted spans
+    assert "--index-url https://download.pytorch.org/whl/cpu" in text
+    assert "35.84 dB" in index and "26.75 dB" in index
