@@ -457,3 +457,22 @@ def test_the_training_bar_fits_an_80_column_terminal_and_shows_the_weights(
     assert all(len(b.split("|")[1]) >= 30 for b in bars), bars  # the bar itself keeps its width
     weights = r"weights pixel \d\.\d\d edge \d\.\d\d texture \d\.\d\d"
     assert all(re.match(weights, s) for s in status), status
+
+
+@pytest.mark.slow
+def test_the_menet_console_script_is_the_cli() -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "menet"
+    if not script.is_file():
+        found = shutil.which("menet")
+        if found is None:
+            pytest.skip("the menet package is installed without its console script")
+        script = Path(found)
+    proc = subprocess.run([str(script), "derain", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: menet derain ")
+    assert "--skip-existing" in proc.stdout
