@@ -255,7 +255,10 @@ class Weighting(nn.Module, ABC):
             )
 
     def _record(self, names: list[str], weights: Tensor) -> None:
-        recorded = dict(zip(names, weights.tolist(), strict=True))
+        self._record_floats(dict(zip(names, weights.tolist(), strict=True)))
+
+    def _record_floats(self, recorded: dict[str, float]) -> None:
+        """Keep this step's weights (a dict of its own), count the step, extend the history."""
         # plain attributes, set past nn.Module.__setattr__ (its parameter and buffer
         # checks cost more than the rest of a Fixed step's bookkeeping)
         self.__dict__["_weights"] = recorded

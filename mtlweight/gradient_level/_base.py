@@ -7,24 +7,22 @@ from abc import abstractmethod
 from collections.abc import Iterable
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 
 from mtlweight._base import Weighting
-from mtlweight._engine.accumulate import Accumulated
-from mtlweight._engine.grads import TaskGrads, gram
-from mtlweight._engine.plans import Combination, GeneralPlan, Plan, Settings, choose_plan
+from mtlweight._engine.plans import Combination
 from mtlweight._engine.targets import SharedInputs
-from mtlweight._engine.update import backward_total, weighted_total
+from mtlweight._engine.update import backward_total
 from mtlweight._validation import Losses, check_finite
-from mtlweight.distributed import all_reduce_mean, is_distributed, world_size
+from mtlweight.gradient_level._engine_steps import EngineSteps
+from mtlweight.gradient_level._micro_batches import MicroBatches
 
 __all__ = ["Combination", "GradientMethod", "GramWeighting", "TaskSpecific"]
 
 TaskSpecific = Literal["weighted", "plain"]
 
 
-class GradientMethod(Weighting):
+class GradientMethod(EngineSteps, MicroBatches, Weighting):
     r"""Base class of the methods that combine the per-task gradients of shared inputs.
 
     At each step the per-task gradients of the shared parameters :math:`\theta`
@@ -100,33 +98,7 @@ class GradientMethod(Weighting):
         self.task_specific: TaskSpecific = mode
         # Not a state: the shared parameters belong to the user's model.
         self.shared = SharedInputs(shared)
-        self._accumulated: Accumulated | None = None
-        #: Compute the per-task gradients in one vectorised backward pass
-        #: (``torch.autograd.grad(..., is_grads_batched=True)``) instead of ``T``
-        #: (faster on CPU: the backward reads each weight once for all tasks), if
-        #: ``True``. ``None``: try it at the first step and fall back to ``T``
-        #: passes for good if ``torch.vmap`` cannot batch the graph. Off by
-        #: default: a task's non-finite gradient can then turn another task's
-        #: rows into NaN (``0 * inf``), so the error names the wrong task.
-        self.batched: bool | None = False
-        #: Take the per-task gradients of shared ``nn.Linear`` layers from their
-        #: activations when the graph allows it (methods of ``G`` alone; see
-        #: :mod:`~mtlweight._engine.linear`): the per-task passes skip the
-        #: weight-gradient products and nothing of size ``T x P`` is formed. ``False``
-        #: always takes the general path (same results up to rounding).
-        self.linear_shortcut = True
-        #: Assemble the update from the per-task passes where the graph allows it: the
-        #: heads' gradients from those passes, and below the shared inputs (a cut into
-        #: the layers under shared parameters, or the trunk under a ``representation=``)
-        #: one backward pass from the combined gradients there, instead of backpropagating
-        #: the whole total once more. Saves a pass over the losses and the shared layers;
-        #: holds the ``T`` per-task gradients at the cut (``T`` times the activations
-        #: there) until the update, and writes the ``.grad`` of the shared inputs and the
-        #: heads directly, so hooks that autograd runs when it accumulates a gradient
-        #: (``register_post_accumulate_grad_hook``) do not fire for those. ``False``
-        #: always backpropagates the total once more with :math:`d` in place (every
-        #: ``.grad`` written by autograd; same results up to rounding).
-        self.assemble = True
+        self._accumulated = None
 
     @abstractmethod
     def combine(self, jac: Tensor, gram: Tensor, values: Tensor) -> Combination:
@@ -226,7 +198,7 @@ class GradientMethod(Weighting):
             if reused is not None and self.task_specific == "weighted":
                 self._record(names, reused.to(values))  # no per-task passes at all
                 backward_total(tensors, reused.tolist())
-                return self._done(losses, representation, tensors)
+                return self._after_backward(losses, representation, tensors)
             plan = self.plan(tensors, representation, update=True)
             combine = functools.partial(self._combine, names, values, reused, plan.settings)
             plan.run(combine, plain=self.task_specific == "plain")
@@ -234,158 +206,7 @@ class GradientMethod(Weighting):
             if fresh:  # a failed first call must not fix the task names
                 self.tasks = None
             raise
-        return self._done(losses, representation, tensors)
-
-    def plan(self, losses: list[Tensor], representation: Tensor | None, *, update: bool) -> Plan:
-        """The backward plan of this call (``update=False``: the passes of a weighted total).
-
-        The one place where a step's per-task gradients are asked for: a
-        subclass that overrides it sees every one.
-        """
-        inputs = self._inputs(representation)
-        per_sample = representation is not None
-        reduce = None
-        if not per_sample and self.sync and is_distributed():
-            reduce = self._reduced_jacobian
-        settings = Settings(type(self).__name__, per_sample, self.needs_matrix, self.batched,
-                            self.sync, reduce)
-        if not update:
-            return GeneralPlan(losses, inputs, settings)
-        return choose_plan(losses, inputs, settings, assemble=self.assemble,
-                           linear=self.linear_shortcut)
-
-    def _reduced_jacobian(self, jac: Tensor) -> Tensor:
-        """:math:`J` averaged across processes (not kept between steps: ``T x P`` numbers)."""
-        reduced = self.statistic("jacobian", jac)
-        del self.statistics["jacobian"]
-        return reduced
-
-    def _combine(
-        self,
-        names: list[str],
-        values: Tensor,
-        reused: Tensor | None,
-        settings: Settings,
-        grads: TaskGrads,
-        count: int,
-    ) -> Combination:
-        """The method's half of a step: the combination, its weights recorded."""
-        self.batched = settings.batched  # what the passes learnt of it
-        if reused is None:
-            self.check_losses(names, values)
-            combination = self._weigh(names, grads, count, settings.per_sample, values)
-        else:
-            combination = Combination(reused)
-        combination = Combination(combination.weights.to(values), combination.direction)
-        self._record(names, combination.weights)
-        return combination
-
-    def _done(
-        self, losses: Losses, representation: Tensor | None, tensors: list[Tensor]
-    ) -> dict[str, float]:
-        if self._forward_hooks:
-            self._fire_forward_hooks((losses,), {"representation": representation}, tensors)
-        return self.weights
-
-    def accumulate(self, losses: Losses) -> None:
-        r"""Add one micro-batch's per-task gradients to the sums of this optimizer step.
-
-        Gradient accumulation that weights once per optimizer step, on the
-        gradients of the whole batch: for micro-batches :math:`k = 1..K`,
-
-        .. math::
-
-            J = \sum_k J^{(k)}, \qquad L_t = \sum_k L_t^{(k)}, \qquad
-            d = \mathcal{A}(J, J J^\top, L)
-
-        so with each micro-batch's mean losses divided by :math:`K` (as for
-        plain accumulation with ``loss.backward()``) the weights and the update
-        are exactly those of the full batch. Each call costs the ``T`` per-task
-        backward passes, to the shared parameters *and* every other parameter
-        the losses reach (so that the task-specific ones can be weighted too),
-        frees the graph and writes no ``.grad``; :meth:`backward_accumulated`
-        then weights and writes the gradients. Shared parameters only (the
-        gradients of a ``representation=`` are per sample and cannot be summed
-        over micro-batches). Under DDP run the micro-batches inside
-        ``model.no_sync()``: the sums are averaged across processes at
-        :meth:`backward_accumulated`.
-
-        Examples
-        --------
-        >>> import torch, mtlweight as mw
-        >>> theta = torch.nn.Parameter(torch.zeros(2))
-        >>> mgda = mw.MGDA(shared=[theta])
-        >>> for a in (torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0])):  # two micro-batches
-        ...     mgda.accumulate([theta @ a / 2, theta @ torch.tensor([0.0, 2.0]) / 2])
-        >>> {k: round(v, 4) for k, v in mgda.backward_accumulated().items()}
-        {'0': 0.8, '1': 0.2}
-        >>> theta.grad
-        tensor([0.8000, 0.4000])
-        """
-        if self.needs_representation:
-            raise ValueError(
-                f"{type(self).__name__} takes the gradients with respect to a representation, "
-                "which are per sample and cannot be summed over micro-batches: accumulate with "
-                "a method on shared parameters (e.g. MGDA(shared=...))"
-            )
-        names, tensors, values = self._prepare(losses)
-        if self._accumulated is None:
-            self._accumulated = Accumulated(names)
-        elif names != self._accumulated.names:
-            raise ValueError(
-                f"{type(self).__name__}.accumulate: this micro-batch has the tasks {names}; the "
-                f"previous ones of this step had {self._accumulated.names}"
-            )
-        self.batched = self._accumulated.add_pass(
-            tensors, values, self.shared_parameters(), batched=self.batched
-        )
-
-    def backward_accumulated(self) -> dict[str, float]:
-        r"""Weight the accumulated gradients once and write them into ``.grad``; return the weights.
-
-        The shared parameters get :math:`d`, the others
-        :math:`\sum_t c_t \nabla L_t` (:math:`c = w` for ``"weighted"``, 1 for
-        ``"plain"``), accumulated into ``.grad`` like ``loss.backward()``. The
-        sums are cleared. See :meth:`accumulate`.
-        """
-        pending, self._accumulated = self._accumulated, None
-        if pending is None or pending.values is None:
-            raise RuntimeError(
-                f"{type(self).__name__}.backward_accumulated: nothing was accumulated; call "
-                ".accumulate(losses) for each micro-batch first"
-            )
-        names, values = pending.names, pending.values
-        distributed = self.sync and is_distributed()
-        grads = pending.gradients(self._reduced_jacobian if distributed else None)
-        self.check_losses(names, values)
-        reused = self.reused_weights(names)
-        combination = (
-            Combination(reused) if reused is not None
-            else self._weigh(names, grads, len(pending.rows), False, values)
-        )
-        weights = combination.weights.to(values)
-        self._record(names, weights)
-        pending.apply(grads, weights, combination.direction, plain=self.task_specific == "plain",
-                      reduce=all_reduce_mean if distributed else None)
-        return self.weights
-
-    def _weigh(
-        self, names: list[str], grads: TaskGrads, count: int, per_sample: bool, values: Tensor
-    ) -> Combination:
-        """The combination from the gradients of the first ``count`` targets (the inputs).
-
-        :math:`J` is built only for methods that need it; the others get :math:`G`
-        from dot products (its diagonal only for :attr:`diagonal_only` methods,
-        then not kept as ``statistics["gram"]``).
-        """
-        jac: Tensor | None = None
-        if self.needs_matrix:
-            jac = grads.matrix(0, count)
-            g = gram(jac)
-        else:
-            g = grads.gram(0, count, diagonal_only=self.diagonal_only)
-        g = self._gram(names, g, per_sample, keep=not self.diagonal_only)
-        return self.on_matrices(names, jac, g, values)
+        return self._after_backward(losses, representation, tensors)
 
     def on_matrices(
         self, names: list[str], jac: Tensor | None, gram: Tensor, values: Tensor
@@ -415,24 +236,6 @@ class GradientMethod(Weighting):
         check_finite(names, weights, "weight")
         return combination
 
-    def _gram(self, names: list[str], g: Tensor, per_sample: bool, keep: bool = True) -> Tensor:
-        """``G`` averaged across processes for a representation, symmetric, checked finite.
-
-        Kept as ``statistics["gram"]`` unless ``keep`` is false (a diagonal only).
-        """
-        if per_sample and self.sync and is_distributed():
-            # Each rank's columns are its own samples: Gram matrices add up over
-            # samples. With mean losses over equal batches, the combined batch's
-            # Gram matrix is the mean over ranks divided by their number.
-            g = self.statistic("gram", g) / world_size()
-        g = (g + g.T) / 2
-        check_finite(names, g.diagonal().clamp_min(0.0).sqrt(), "gradient norm")
-        if keep:
-            self.statistics["gram"] = g
-        else:
-            self.statistics.pop("gram", None)
-        return g
-
     def _inputs(self, representation: Tensor | None) -> list[Tensor]:
         if representation is not None:
             return self.shared.resolve(type(self).__name__, representation)
@@ -443,18 +246,6 @@ class GradientMethod(Weighting):
                 f"it with representation=features (the output of the shared encoder)"
             )
         return self.shared.resolve(name)
-
-    def _fire_forward_hooks(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], tensors: list[Tensor]
-    ) -> None:
-        """Run the forward hooks for a ``backward`` call, with the weighted total as output."""
-        with torch.no_grad():
-            output = weighted_total([t.detach() for t in tensors], list(self._weights.values()))
-        for key, hook in list(self._forward_hooks.items()):
-            if key in self._forward_hooks_with_kwargs:
-                hook(self, args, kwargs, output)
-            else:
-                hook(self, args, output)
 
     def extra_repr(self) -> str:
         parts = [super().extra_repr(), f"task_specific={self.task_specific!r}"]

@@ -89,7 +89,7 @@ class Fixed(Weighting):
             if seen is not None:
                 total = _checked_total(list(losses.values()), seen[1])
                 if total is not None:
-                    self._record_floats(seen[0])
+                    self._record_floats(dict(seen[0]))
                     return total
         # the first call with these names in this order, another container, CUDA, a
         # distributed run, or a loss the short path does not accept: every check
@@ -106,15 +106,8 @@ class Fixed(Weighting):
         if not math.isfinite(total.item()):  # name the task; an overflow of the sum passes
             check_finite(names, torch.tensor([v.item() for v in values], dtype=torch.float64),
                          "loss")
-        self._record_floats(seen[0])
+        self._record_floats(dict(seen[0]))
         return total
-
-    def _record_floats(self, weights: dict[str, float]) -> None:
-        """:meth:`Weighting._record` from the floats (a new dict per step, as there)."""
-        recorded = dict(weights)
-        self.__dict__["_weights"] = recorded
-        self.__dict__["step"] = self.step + 1
-        self.history.append(recorded)
 
     def _check_tasks(self, names: list[str]) -> None:
         if self.tasks is not None:
