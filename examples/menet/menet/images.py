@@ -212,7 +212,8 @@ def _decode(path: Path) -> tuple[np.ndarray, float, Image.Image]:
         if arr16 is not None:
             return arr16, 65535.0, img
     try:  # (Pillow turns TIFF files itself on loading)
-        turned = ImageOps.exif_transpose(img)
+        upright = img.getexif().get(_ORIENTATION, 1) in (None, 1)
+        turned = img if upright else ImageOps.exif_transpose(img)  # no copy when upright
     except (ValueError, OSError, SyntaxError) as err:  # a damaged EXIF block
         raise ValueError(f"cannot read image {path}: bad EXIF orientation ({err})") from err
     if mode == "P" or mode == "PA":
