@@ -46,10 +46,12 @@ def pattern(h: int, w: int, channels: int = 3) -> np.ndarray:
     return ((a * 7) % 251).astype(np.uint8)
 
 
-def exif_bytes(orientation: int, make: str = "RainCam") -> bytes:
+def exif_bytes(orientation: int, make: str = "RainCam", size: tuple[int, int] = (0, 0)) -> bytes:
     exif = Image.Exif()
     exif[ORIENTATION] = orientation
     exif[0x010F] = make  # Make
+    if size != (0, 0):  # PixelXDimension, PixelYDimension of the stored pixels
+        exif.get_ifd(0x8769).update({0xA002: size[0], 0xA003: size[1]})
     return exif.tobytes()
 
 
@@ -94,7 +96,8 @@ def test_derain_writes_the_photo_upright_with_its_exif_and_colour_profile(tmp_pa
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     src = tmp_path / "in" / "phone.jpg"
     src.parent.mkdir()
-    Image.fromarray(pattern(24, 40)).save(src, exif=exif_bytes(6), icc_profile=icc, quality=95)
+    Image.fromarray(pattern(24, 40)).save(src, exif=exif_bytes(6, size=(40, 24)), icc_profile=icc,
+                                          quality=95)
     report = derain_files(Scale(), [src], tmp_path / "out", tile=None)
     assert report.ok, report.failed
     with Image.open(tmp_path / "out" / "phone.jpg") as im:
@@ -102,6 +105,7 @@ def test_derain_writes_the_photo_upright_with_its_exif_and_colour_profile(tmp_pa
         exif = im.getexif()
         assert exif.get(0x010F) == "RainCam"
         assert exif.get(ORIENTATION, 1) == 1  # the pixels are upright: no turn left to do
+        assert exif.get_ifd(0x8769) == {0xA002: 24, 0xA003: 40}  # the upright size
         assert im.info.get("icc_profile") == icc
     # The identity model returns the upright photo (JPEG: within a few levels).
     upright = read_image(src)

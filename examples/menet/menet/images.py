@@ -42,7 +42,8 @@ PathLike = str | Path
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "RGB;16", "RGBA;16"}
 _SIXTEEN_BIT_FORMATS = {".png", ".tif", ".tiff"}
 _METADATA_FORMATS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"}
-_ORIENTATION = 0x0112  # the EXIF tag
+_ORIENTATION = 0x0112  # the EXIF tags: orientation, the Exif sub-IFD, its pixel width, height
+_EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x8769, 0xA002, 0xA003
 #: EXIF orientation -> the numpy operation that makes an (H, W, ...) array upright
 #: (the same as Pillow's ``ImageOps.exif_transpose``; the tests compare them).
 _UPRIGHT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
@@ -332,7 +333,8 @@ class Photo:
     bits : int
         8, or 16 for a 16-bit PNG/TIFF.
     exif : bytes or None
-        The file's EXIF without its orientation tag (the pixels are upright now).
+        The file's EXIF without its orientation tag (the pixels are upright now;
+        the pixel width and height it records follow).
     icc_profile : bytes or None
         The file's ICC colour profile, when it describes RGB or grey pixels.
     """
@@ -364,7 +366,11 @@ def read_photo(path: PathLike) -> Photo:
     pixels = (pixels / np.float32(scale)).clamp(0.0, 1.0)
     colour, alpha = (pixels[:-1], pixels[-1:]) if c in (2, 4) else (pixels, None)
     exif = img.getexif()
-    exif.pop(_ORIENTATION, None)
+    if exif.pop(_ORIENTATION, None) is not None and _EXIF_IFD in exif:
+        sizes = exif.get_ifd(_EXIF_IFD)  # the pixel size the EXIF records: now upright
+        for tag, value in ((_PIXEL_X, colour.shape[-1]), (_PIXEL_Y, colour.shape[-2])):
+            if tag in sizes:
+                sizes[tag] = value
     icc = img.info.get("icc_profile") if img.mode in _ICC_MODES else None
     bits = read_bit_depth(path) if path.suffix.lower() in _SIXTEEN_BIT_FORMATS else 8
     return Photo(
