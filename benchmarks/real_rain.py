@@ -154,7 +154,8 @@ def render(result: dict[str, Any]) -> str:
         "`mixed` = the training distribution of `menet train --procedural-rain`; one fixed "
         "scene per image and kind, rounded to 8 bits. Models: " + files + ".",
         "",
-        "![rainy, de-rained by each model, clean](real_rain.png)",
+        "Figure `real_rain.png` beside this file: rainy | each model | clean on two built-in "
+        "images (scikit-image samples) under heavy procedural dense rain and heavy mist.",
         "",
     ])
 
