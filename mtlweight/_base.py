@@ -15,9 +15,6 @@ from mtlweight._engine.update import weighted_total
 from mtlweight._validation import Losses, check_finite, check_min_tasks, normalise_losses
 from mtlweight.distributed import all_reduce_mean, is_distributed
 
-__all__ = ["Seeded", "Stateful", "Weighting"]
-
-
 _NO_VALUES = torch.empty(0)  # the values of a CPU call to a strategy that does not read them
 
 
@@ -78,6 +75,9 @@ class Weighting(nn.Module, ABC):
     """
 
     min_tasks: int = 1
+    #: Which of :func:`mtlweight.get`'s context options (``"shared"``, ``"tasks"``) the
+    #: constructor takes: ``get`` passes those, and only those, on.
+    context_options: tuple[str, ...] = ()
     _why_min_tasks: str = ""
     #: Whether :meth:`compute_weights` reads the detached loss values. ``False`` (Fixed)
     #: lets a CPU call skip building them: ``values`` is then an empty CPU tensor.

@@ -1,9 +1,10 @@
-# ruff: noqa: E501  (one row per line in TABLE)
 """Select a strategy by name: for command lines and configuration files.
 
 :data:`TABLE` is the one table of every built-in name: one row per strategy,
-``(name, "module.Class" under mtlweight, aliases)``. A row's class is imported
-the first time the name is used.
+``(name, "module.Class" under mtlweight, aliases)``, with at most one alias (a
+common abbreviation). A strategy is also found by its class name, in any case,
+with or without underscores (``GradientBalance``, ``gradient_balance``). A row's
+class is imported the first time the name is used.
 """
 
 from __future__ import annotations
@@ -17,38 +18,36 @@ from torch import Tensor, nn
 
 from mtlweight._base import Weighting
 
-__all__ = ["TABLE", "available", "get", "register"]
-
 # name          class, as "module.Class" under mtlweight             aliases
 TABLE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("fixed",        "loss_level._fixed.Fixed",                           ()),
-    ("gb",           "gradient_level._gradient_balance.GradientBalance",  ("gradient_balance", "gradientbalance")),
-    ("lb",           "loss_level._loss_balance.LossBalance",              ("loss_balance", "lossbalance")),
-    ("equal",        "loss_level._equal.EqualWeight",                     ("ew", "equal_weight")),
-    ("uncertainty",  "loss_level._uncertainty.UncertaintyWeighting",      ("uw", "uncertainty_weighting")),
-    ("dwa",          "loss_level._dwa.DynamicWeightAverage",              ("dynamic_weight_average",)),
-    ("rlw",          "loss_level._rlw.RandomLossWeighting",               ("random", "random_loss_weighting")),
-    ("gls",          "loss_level._geometric.GeometricMean",               ("geometric", "geometric_mean")),
-    ("gradnorm",     "loss_level._gradnorm.GradNorm",                     ("grad_norm",)),
-    ("imtl_l",       "loss_level._imtl_l.IMTLL",                          ("imtll",)),
-    ("pcgrad",       "gradient_level._pcgrad.PCGrad",                     ("pc_grad",)),
+    ("gb",           "gradient_level._gradient_balance.GradientBalance",  ()),
+    ("lb",           "loss_level._loss_balance.LossBalance",              ()),
+    ("equal",        "loss_level._equal.EqualWeight",                     ("ew",)),
+    ("uncertainty",  "loss_level._uncertainty.UncertaintyWeighting",      ("uw",)),
+    ("dwa",          "loss_level._dwa.DynamicWeightAverage",              ()),
+    ("rlw",          "loss_level._rlw.RandomLossWeighting",               ("random",)),
+    ("gls",          "loss_level._geometric.GeometricMean",               ("geometric",)),
+    ("gradnorm",     "loss_level._gradnorm.GradNorm",                     ()),
+    ("imtl_l",       "loss_level._imtl_l.IMTLL",                          ()),
+    ("pcgrad",       "gradient_level._pcgrad.PCGrad",                     ()),
     ("mgda",         "gradient_level._mgda.MGDA",                         ()),
-    ("mgda_ub",      "gradient_level._mgda.MGDAUB",                       ("mgdaub",)),
-    ("cagrad",       "gradient_level._cagrad.CAGrad",                     ("ca_grad",)),
-    ("imtl_g",       "gradient_level._imtl_g.IMTLG",                      ("imtlg",)),
-    ("nash_mtl",     "gradient_level._nash_mtl.NashMTL",                  ("nash", "nashmtl")),
-    ("aligned_mtl",  "gradient_level._aligned_mtl.AlignedMTL",            ("alignedmtl", "aligned")),
+    ("mgda_ub",      "gradient_level._mgda.MGDAUB",                       ()),
+    ("cagrad",       "gradient_level._cagrad.CAGrad",                     ()),
+    ("imtl_g",       "gradient_level._imtl_g.IMTLG",                      ()),
+    ("nash_mtl",     "gradient_level._nash_mtl.NashMTL",                  ("nash",)),
+    ("aligned_mtl",  "gradient_level._aligned_mtl.AlignedMTL",            ("aligned",)),
     ("upgrad",       "gradient_level._upgrad.UPGrad",                     ()),
-    ("dualproj",     "gradient_level._dualproj.DualProj",                 ("dual_proj",)),
+    ("dualproj",     "gradient_level._dualproj.DualProj",                 ()),
     ("config",       "gradient_level._config.ConFIG",                     ()),
-    ("fairgrad",     "gradient_level._fairgrad.FairGrad",                 ("fair_grad",)),
-    ("gradvac",      "gradient_level._gradvac.GradVac",                   ("grad_vac",)),
+    ("fairgrad",     "gradient_level._fairgrad.FairGrad",                 ()),
+    ("gradvac",      "gradient_level._gradvac.GradVac",                   ()),
     ("sdmgrad",      "gradient_level._sdmgrad.SDMGrad",                   ()),
     ("modo",         "gradient_level._modo.MoDo",                         ()),
-    ("graddrop",     "gradient_level._graddrop.GradDrop",                 ("grad_drop",)),
-    ("excess_mtl",   "gradient_level._excess_mtl.ExcessMTL",              ("excessmtl",)),
+    ("graddrop",     "gradient_level._graddrop.GradDrop",                 ()),
+    ("excess_mtl",   "gradient_level._excess_mtl.ExcessMTL",              ()),
     ("moco",         "gradient_level._moco.MoCo",                         ()),
-    ("db_mtl",       "gradient_level._db_mtl.DBMTL",                      ("dbmtl",)),
+    ("db_mtl",       "gradient_level._db_mtl.DBMTL",                      ()),
     ("famo",         "loss_level._famo.FAMO",                             ()),
     ("stch",         "loss_level._stch.STCH",                             ()),
     # new rows go here, one line each
@@ -57,6 +56,8 @@ TABLE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 #: name -> the class, or its "module.Class" path until first used
 _REGISTRY: dict[str, type[Weighting] | str] = {}
 _ALIASES: dict[str, str] = {}
+#: class name, lower case without underscores -> name
+_CLASS_NAMES: dict[str, str] = {}
 
 
 def _key(name: str) -> str:
@@ -68,6 +69,17 @@ def _add(name: str, cls: type[Weighting] | str, aliases: Iterable[str]) -> None:
     _REGISTRY[key] = cls
     for alias in aliases:
         _ALIASES[_key(alias)] = key
+    class_name = cls.rpartition(".")[2] if isinstance(cls, str) else cls.__name__
+    _CLASS_NAMES.setdefault(class_name.lower(), key)
+
+
+def _lookup(name: str) -> str | None:
+    """The registered name that ``name`` stands for (itself, an alias, a class name)."""
+    key = _key(name)
+    key = _ALIASES.get(key, key)
+    if key in _REGISTRY:
+        return key
+    return _CLASS_NAMES.get(key.replace("_", ""))
 
 
 def _resolve(key: str) -> type[Weighting]:
@@ -98,6 +110,20 @@ def register(name: str, cls: type[Weighting], *aliases: str) -> None:
     _add(name, cls, aliases)
 
 
+def _options(cls: type[Weighting]) -> list[str]:
+    """The keyword options of the constructor, and of those it passes ``**kwargs`` to."""
+    found: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        found += [p.name for p in parameters if p.kind in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            break
+    return list(dict.fromkeys(found))
+
+
 def _required_options(cls: type[Weighting]) -> list[str]:
     """Names of the constructor's arguments that have no default."""
     return [
@@ -121,16 +147,20 @@ def get(
     :func:`available`.
 
     ``shared`` (the shared parameters) and ``tasks`` (the task names) are
-    *context*: each is passed only to the strategies whose constructor takes
-    it by name (``shared`` to GB, GradNorm and the gradient-level methods,
-    ``tasks`` to the strategies with learnable per-task parameters), so one
-    call site, such as a command line, can build any strategy by name.
+    *context*: each is passed only to the strategies that declare it in
+    :attr:`~mtlweight.Weighting.context_options` (``shared``: GB, GradNorm and
+    the gradient-level methods; ``tasks``: the strategies with learnable per-task
+    parameters), so one call site, such as a command line, can build any
+    strategy by name.
 
     Raises
     ------
     ValueError
-        For an unknown name (listing the available ones), or when a required
-        option is missing (naming it, e.g. ``weights`` for ``"fixed"``).
+        For an unknown name (listing the available ones), or a missing
+        required option (naming the class and the option, e.g. ``weights`` for
+        ``"fixed"``).
+    TypeError
+        For an option the strategy does not take (naming the class and its options).
 
     Examples
     --------
@@ -143,15 +173,20 @@ def get(
     >>> [type(mw.get(n, shared=head, tasks=["a", "b"])).__name__ for n in ("gb", "lb", "uw")]
     ['GradientBalance', 'LossBalance', 'UncertaintyWeighting']
     """
-    key = _key(name)
-    key = _ALIASES.get(key, key)
-    if key not in _REGISTRY:
+    key = _lookup(name)
+    if key is None:
         raise ValueError(f"unknown weighting {name!r}; available: {', '.join(available())}")
     cls = _resolve(key)
-    takes = inspect.signature(cls).parameters
     for option, value in (("shared", shared), ("tasks", tasks)):
-        if value is not None and option in takes:
+        if value is not None and option in cls.context_options:
             options[option] = value
+    accepted = _options(cls)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:  # a TypeError, as from the constructor, but naming the class
+        raise TypeError(
+            f"mw.get({name!r}) builds {cls.__name__}, which takes no option {unknown[0]!r}; "
+            f"its options: {', '.join(accepted)}"
+        )
     missing = [p for p in _required_options(cls) if p not in options]
     if missing:
         hint = "; pass tasks=[...] (the task names)" if missing == ["tasks"] else ""

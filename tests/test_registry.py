@@ -93,8 +93,50 @@ def test_unknown_name_lists_available_names() -> None:
 
 
 def test_bad_options_fail_like_the_constructor() -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"builds LossBalance, which takes no option "
+                       r"'not_an_option'; its options: tasks, history_size, sync"):
         mw.get("lb", not_an_option=1)
+
+
+#: Every name that resolved before the table kept one alias per strategy: the others are
+#: class names, which resolve by rule.
+OLD_ALIASES = {
+    "gradient_balance": "gb", "gradientbalance": "gb", "loss_balance": "lb", "lossbalance": "lb",
+    "ew": "equal", "equal_weight": "equal", "uw": "uncertainty",
+    "uncertainty_weighting": "uncertainty", "dynamic_weight_average": "dwa", "random": "rlw",
+    "random_loss_weighting": "rlw", "geometric": "gls", "geometric_mean": "gls",
+    "grad_norm": "gradnorm", "imtll": "imtl_l", "pc_grad": "pcgrad", "mgdaub": "mgda_ub",
+    "ca_grad": "cagrad", "imtlg": "imtl_g", "nash": "nash_mtl", "nashmtl": "nash_mtl",
+    "alignedmtl": "aligned_mtl", "aligned": "aligned_mtl", "dual_proj": "dualproj",
+    "fair_grad": "fairgrad", "grad_vac": "gradvac", "grad_drop": "graddrop",
+    "excessmtl": "excess_mtl", "dbmtl": "db_mtl",
+}
+
+
+@pytest.mark.parametrize(("old", "name"), sorted(OLD_ALIASES.items()))
+def test_every_old_alias_still_resolves(old: str, name: str) -> None:
+    assert registry._lookup(old) == name
+    assert registry._lookup(old.upper()) == name
+
+
+def test_one_alias_at_most_and_every_class_name_resolves() -> None:
+    assert all(len(row[2]) <= 1 for row in registry.TABLE)
+    for name in mw.available():
+        cls = registry._resolve(name)
+        assert registry._lookup(cls.__name__) == name, cls.__name__
+
+
+def test_context_goes_where_it_is_declared(model: TinyMultiTask) -> None:
+    """shared= and tasks= reach exactly the classes that declare them."""
+    for name in mw.available():
+        cls = registry._resolve(name)
+        taken = set(inspect.signature(cls).parameters)
+        assert set(cls.context_options) == {"shared", "tasks"} & taken, name
+    uw = mw.get("uw", shared=model.trunk, tasks=["a", "b"])
+    assert uw.tasks == ["a", "b"]
+    gb = mw.get("gb", shared=model.trunk, tasks=["a", "b"])
+    assert isinstance(gb, mw.GradientBalance) and gb.tasks is None
+    assert gb.shared.module is model.trunk
 
 
 def test_available_contents() -> None:

@@ -7,8 +7,9 @@ those whose weights are a function of the Gram matrix alone from
 
 from __future__ import annotations
 
+from mtlweight._engine.plans import Combination
 from mtlweight.gradient_level._aligned_mtl import AlignedMTL
-from mtlweight.gradient_level._base import Combination, GradientMethod, GramWeighting
+from mtlweight.gradient_level._base import GradientMethod, GramWeighting
 from mtlweight.gradient_level._cagrad import CAGrad
 from mtlweight.gradient_level._config import ConFIG
 from mtlweight.gradient_level._db_mtl import DBMTL

@@ -12,8 +12,6 @@ from torch import Tensor, nn
 from mtlweight._solvers import Array
 from mtlweight.gradient_level._base import GramWeighting, TaskSpecific
 
-__all__ = ["AlignedMTL", "aligned_mtl_weights"]
-
 Scale = Literal["min", "median", "rmse"]
 
 

@@ -17,8 +17,6 @@ from mtlweight._validation import Losses, check_finite
 from mtlweight.gradient_level._engine_steps import EngineSteps
 from mtlweight.gradient_level._micro_batches import MicroBatches
 
-__all__ = ["Combination", "GradientMethod", "GramWeighting", "TaskSpecific"]
-
 TaskSpecific = Literal["weighted", "plain"]
 
 
@@ -115,6 +113,8 @@ class GradientMethod(EngineSteps, MicroBatches, Weighting):
             ``(T,)`` detached losses.
         """
 
+    context_options = ("shared",)
+
     #: Whether :meth:`combine` needs :math:`J` itself: then each pass's shared gradients go
     #: into one ``(T, P)`` matrix as the passes run, so that they are held once.
     needs_matrix: bool = True
@@ -149,7 +149,7 @@ class GradientMethod(EngineSteps, MicroBatches, Weighting):
                 f"weighted total can express: call {name}.backward(losses) instead of "
                 f"{name}(losses).backward(), or build it with task_specific='weighted'"
             )
-        if self.direction_only:  # before any state moves (issue 13)
+        if self.direction_only:  # before any state moves
             raise TypeError(self._no_total())
         return super().forward(losses, representation=representation)
 

@@ -13,8 +13,6 @@ from torch import Tensor, nn
 from mtlweight._solvers import Array, min_norm_weights
 from mtlweight.gradient_level._base import GramWeighting, TaskSpecific
 
-__all__ = ["CAGrad", "cagrad_dual"]
-
 _ZERO = 1e-5  # ||g_w|| below this times sum_t w_t ||g_t|| counts as zero (cancellation)
 
 

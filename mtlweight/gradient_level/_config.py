@@ -9,8 +9,6 @@ from torch import Tensor
 from mtlweight._solvers import Array
 from mtlweight.gradient_level._base import GramWeighting
 
-__all__ = ["ConFIG", "config_weights"]
-
 
 def config_weights(gram: Array) -> Array:
     r"""ConFIG coefficients :math:`w`, :math:`d = J^\top w`, from the Gram matrix.

@@ -10,11 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from mtlweight._engine.grads import accumulation_dtype
+from mtlweight._engine.plans import Combination
 from mtlweight._validation import Losses, check_non_negative, normalise_losses
-from mtlweight.gradient_level._base import Combination, TaskSpecific
+from mtlweight.gradient_level._base import TaskSpecific
 from mtlweight.gradient_level._parameter_state import ParameterState
-
-__all__ = ["DBMTL"]
 
 
 class DBMTL(ParameterState):

@@ -9,8 +9,6 @@ from torch import Tensor
 from mtlweight._solvers import dual_cone_weights
 from mtlweight.gradient_level._base import GramWeighting
 
-__all__ = ["DualProj"]
-
 
 class DualProj(GramWeighting):
     r"""DualProj of `Jacobian Descent for Multi-Objective Optimization` (Quinton and Rey,

@@ -9,10 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtlweight.gradient_level._base import Combination, TaskSpecific
+from mtlweight._engine.plans import Combination
+from mtlweight.gradient_level._base import TaskSpecific
 from mtlweight.gradient_level._parameter_state import ParameterState
-
-__all__ = ["ExcessMTL"]
 
 _EPS = 1e-7  # inside the square root, as the authors' code
 

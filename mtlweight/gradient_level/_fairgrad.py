@@ -12,8 +12,6 @@ from torch import Tensor, nn
 from mtlweight._solvers import fair_weights
 from mtlweight.gradient_level._base import GramWeighting, TaskSpecific
 
-__all__ = ["FairGrad"]
-
 
 class FairGrad(GramWeighting):
     r"""FairGrad of `Fair Resource Allocation in Multi-Task Learning` (Ban and Ji, ICML 2024).

@@ -10,9 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from mtlweight._base import Seeded
-from mtlweight.gradient_level._base import Combination, GradientMethod, TaskSpecific
-
-__all__ = ["GradDrop", "graddrop_direction"]
+from mtlweight._engine.plans import Combination
+from mtlweight.gradient_level._base import GradientMethod, TaskSpecific
 
 
 def graddrop_direction(jac: Tensor, uniform: Tensor, leak: Tensor) -> Tensor:

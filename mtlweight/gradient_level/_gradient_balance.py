@@ -11,8 +11,6 @@ from mtlweight._base import Weighting
 from mtlweight._solvers import balance
 from mtlweight.gradient_level._base import GramWeighting
 
-__all__ = ["GradientBalance"]
-
 
 class GradientBalance(GramWeighting):
     r"""Gradient-balanced weighting (GB) of `Multi-Task Learning Enhanced

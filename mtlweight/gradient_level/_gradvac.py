@@ -12,8 +12,6 @@ from torch import Tensor, nn
 from mtlweight.gradient_level._base import TaskSpecific
 from mtlweight.gradient_level._task_state import TaskStateWeighting
 
-__all__ = ["GradVac"]
-
 
 class GradVac(TaskStateWeighting):
     r"""GradVac of `Gradient Vaccine: Investigating and Improving Multi-task Optimization

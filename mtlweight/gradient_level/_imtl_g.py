@@ -9,9 +9,6 @@ from torch import Tensor
 from mtlweight._solvers import Array
 from mtlweight.gradient_level._base import GramWeighting
 
-__all__ = ["IMTLG", "imtl_g_weights"]
-
-
 _RCOND = 1e-7  # eigenvalues of G below this times the largest count as zero (float32 J)
 
 

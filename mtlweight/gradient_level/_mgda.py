@@ -12,8 +12,6 @@ from torch import Tensor, nn
 from mtlweight._solvers import min_norm_weights
 from mtlweight.gradient_level._base import GramWeighting, TaskSpecific
 
-__all__ = ["MGDA", "MGDAUB", "min_norm_weights"]
-
 Normalization = Literal["none", "l2", "loss", "loss+"]
 
 

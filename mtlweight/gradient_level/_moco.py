@@ -11,11 +11,10 @@ from torch import Tensor, nn
 
 from mtlweight._engine.grads import accumulation_dtype
 from mtlweight._engine.grads import gram as gram_of
+from mtlweight._engine.plans import Combination
 from mtlweight._solvers import project_simplex
-from mtlweight.gradient_level._base import Combination, TaskSpecific
+from mtlweight.gradient_level._base import TaskSpecific
 from mtlweight.gradient_level._parameter_state import ParameterState
-
-__all__ = ["MoCo"]
 
 
 class MoCo(ParameterState):

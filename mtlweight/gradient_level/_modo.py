@@ -14,8 +14,6 @@ from mtlweight._solvers import project_simplex
 from mtlweight.gradient_level._base import TaskSpecific
 from mtlweight.gradient_level._task_state import TaskStateWeighting
 
-__all__ = ["MoDo"]
-
 
 class MoDo(TaskStateWeighting):
     r"""MoDo of `Three-Way Trade-Off in Multi-Objective Learning: Optimization,

@@ -14,8 +14,6 @@ from mtlweight._base import Stateful
 from mtlweight._solvers import Array, fair_weights
 from mtlweight.gradient_level._base import GramWeighting, TaskSpecific
 
-__all__ = ["NashMTL", "nash_weights"]
-
 
 def nash_weights(
     gram: Array,

@@ -6,8 +6,6 @@ from torch import Tensor
 
 from mtlweight.gradient_level._task_state import TaskOrder
 
-__all__ = ["ParameterState"]
-
 
 class ParameterState(TaskOrder):
     r"""A :class:`GradientMethod` whose state has one row of :math:`P` numbers per task.

@@ -12,8 +12,6 @@ from mtlweight._base import Seeded
 from mtlweight._solvers import Array
 from mtlweight.gradient_level._base import GramWeighting, TaskSpecific
 
-__all__ = ["PCGrad", "pcgrad_coefficients"]
-
 
 def pcgrad_coefficients(gram: Array, orders: Sequence[Sequence[int]]) -> Array:
     r"""Coefficients :math:`C` of the projected gradients, :math:`\tilde g_i = \sum_s C_{is} g_s`.

@@ -14,8 +14,6 @@ from mtlweight._solvers import project_simplex
 from mtlweight.gradient_level._base import TaskSpecific
 from mtlweight.gradient_level._task_state import TaskStateWeighting
 
-__all__ = ["SDMGrad"]
-
 
 class SDMGrad(TaskStateWeighting):
     r"""SDMGrad of `Direction-oriented Multi-objective Learning: Simple and Provable

@@ -9,8 +9,6 @@ from mtlweight._base import Stateful
 from mtlweight._engine.plans import Combination
 from mtlweight.gradient_level._base import GradientMethod, GramWeighting
 
-__all__ = ["TaskOrder", "TaskStateWeighting"]
-
 
 class TaskOrder(GradientMethod, Stateful):
     """A :class:`GradientMethod` with per-task state kept in the order of :attr:`tasks`.

@@ -9,8 +9,6 @@ from torch import Tensor
 from mtlweight._solvers import dual_cone_weights
 from mtlweight.gradient_level._base import GramWeighting
 
-__all__ = ["UPGrad"]
-
 
 class UPGrad(GramWeighting):
     r"""UPGrad of `Jacobian Descent for Multi-Objective Optimization` (Quinton and Rey, 2024).

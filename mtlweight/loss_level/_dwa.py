@@ -11,8 +11,6 @@ from torch import Tensor
 from mtlweight._base import Stateful
 from mtlweight._validation import check_non_negative
 
-__all__ = ["DynamicWeightAverage"]
-
 
 class DynamicWeightAverage(Stateful):
     r"""Dynamic weight average (DWA) of `End-to-End Multi-Task Learning with

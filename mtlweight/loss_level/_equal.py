@@ -9,8 +9,6 @@ from torch import Tensor
 
 from mtlweight._base import Weighting
 
-__all__ = ["EqualWeight"]
-
 
 class EqualWeight(Weighting):
     r"""Equal weighting (EW): the mean of the task losses, the usual baseline.

@@ -11,8 +11,6 @@ from torch import Tensor
 from mtlweight._base import Stateful
 from mtlweight._validation import check_non_negative
 
-__all__ = ["FAMO"]
-
 Optimizer = Literal["adam", "sgd"]
 _ADAM = (0.9, 0.999, 1e-8)  # torch.optim.Adam's betas and eps, as the authors' code uses
 

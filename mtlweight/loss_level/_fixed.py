@@ -13,8 +13,6 @@ from mtlweight._engine.update import weighted_total
 from mtlweight._validation import Losses, check_finite, normalise_losses
 from mtlweight.distributed import is_distributed
 
-__all__ = ["Fixed"]
-
 
 class Fixed(Weighting):
     r"""Constant weights chosen by hand.

@@ -9,8 +9,6 @@ from torch import Tensor
 
 from mtlweight._base import Weighting
 
-__all__ = ["GeometricMean"]
-
 
 class GeometricMean(Weighting):
     r"""Geometric loss strategy (GLS) of `MultiNet++: Multi-Stream Feature

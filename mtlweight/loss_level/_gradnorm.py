@@ -16,8 +16,6 @@ from mtlweight._engine.targets import SharedInputs, require_reached
 from mtlweight._validation import check_finite
 from mtlweight.distributed import is_distributed
 
-__all__ = ["GradNorm"]
-
 _FLOOR = 1e-6  # smallest weight kept after an update, so that every weight stays positive
 
 
@@ -107,6 +105,7 @@ class GradNorm(Stateful):
 
     min_tasks = 2
     _why_min_tasks = "with a single task the renormalised weight is always 1"
+    context_options = ("shared",)
 
     def __init__(
         self,

@@ -10,8 +10,6 @@ from torch import Tensor
 
 from mtlweight.loss_level._learned_scale import LearnedScale
 
-__all__ = ["IMTLL"]
-
 
 class IMTLL(LearnedScale):
     r"""Impartial loss balancing (IMTL-L) of `Towards Impartial Multi-task

@@ -12,8 +12,6 @@ from torch import Tensor, nn
 from mtlweight._base import Weighting
 from mtlweight._validation import Losses, task_names
 
-__all__ = ["LearnedScale"]
-
 
 def _names(tasks: Sequence[str] | int, strategy: str) -> list[str]:
     if isinstance(tasks, bool) or not isinstance(tasks, int | Sequence) or isinstance(tasks, str):
@@ -57,6 +55,8 @@ class LearnedScale(Weighting):
     (as ``"s_grad"``): under :mod:`torch.distributed` (with ``sync``) it is
     averaged over the processes, as DDP does for the model's parameters.
     """
+
+    context_options = ("tasks",)
 
     s: nn.Parameter
 

@@ -8,8 +8,6 @@ from mtlweight._base import Weighting
 from mtlweight._solvers import balance
 from mtlweight._validation import check_non_negative
 
-__all__ = ["LossBalance"]
-
 
 class LossBalance(Weighting):
     r"""Loss-balanced weighting (LB) of `Multi-Task Learning Enhanced Single

@@ -10,8 +10,6 @@ from torch import Tensor
 
 from mtlweight._base import Seeded
 
-__all__ = ["RandomLossWeighting"]
-
 Distribution = Literal["normal", "dirichlet"]
 
 

@@ -11,8 +11,6 @@ from torch import Tensor
 
 from mtlweight._base import Weighting
 
-__all__ = ["STCH"]
-
 PerTask = Mapping[str, float] | Sequence[float]
 
 

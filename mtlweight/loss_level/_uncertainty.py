@@ -10,8 +10,6 @@ from torch import Tensor
 
 from mtlweight.loss_level._learned_scale import LearnedScale
 
-__all__ = ["UncertaintyWeighting"]
-
 
 class UncertaintyWeighting(LearnedScale):
     r"""Uncertainty weighting (UW) of `Multi-Task Learning Using Uncertainty to

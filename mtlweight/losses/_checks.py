@@ -13,16 +13,6 @@ from typing import Literal, cast
 import torch
 from torch import Tensor
 
-__all__ = [
-    "Reduction",
-    "check_image",
-    "check_image_pair",
-    "check_reduction",
-    "compute_dtype",
-    "full_precision",
-    "reduce",
-]
-
 Reduction = Literal["mean", "sum", "none"]
 _REDUCTIONS: tuple[str, ...] = ("mean", "sum", "none")
 

@@ -15,8 +15,6 @@ from mtlweight.losses._checks import (
     reduce,
 )
 
-__all__ = ["EdgeAwareLoss", "edge_aware_loss", "sobel", "sobel_kernels"]
-
 
 def sobel_kernels(
     *, device: torch.device | str | None = None, dtype: torch.dtype | None = None

@@ -14,8 +14,6 @@ from mtlweight.losses._checks import (
     reduce,
 )
 
-__all__ = ["TextureMatchingLoss", "gram_matrix", "texture_matching_loss"]
-
 
 def _check_patch_size(patch_size: object, loss: str) -> int:
     if isinstance(patch_size, bool) or not isinstance(patch_size, int):

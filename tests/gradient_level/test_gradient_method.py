@@ -262,7 +262,7 @@ class TwoLayers(nn.Module):
 
 @pytest.mark.parametrize("batched", [False, True])
 def test_no_extra_backward_when_the_shared_part_is_the_whole_trunk(batched: bool) -> None:
-    """Issue 13: the update is assembled from the per-task passes (T of them, or one batched)."""
+    """The update is assembled from the per-task passes (T of them, or one batched)."""
     net = TwoLayers()
     gb = mw.GradientBalance([*net.lower.parameters(), *net.upper.parameters()])
     gb.batched = batched

@@ -64,7 +64,8 @@ def test_degenerate_grams_are_finite() -> None:
 
 def test_the_class_solves_the_normalised_problem(model: TinyMultiTask) -> None:
     """normalize_gram=True (the authors' code): weights alpha with (G^ alpha)_t alpha_t = 1,
-    G^ = G / ||G||_F, from independent gradients (the paper's raw G: test_issue13_methods)."""
+    G^ = G / ||G||_F, from independent gradients (the paper's raw G:
+    test_methods_vs_independent_solvers)."""
     trunk = list(model.trunk.parameters())
     jac = np.stack(list(per_task_gradients(model.losses, trunk).values()))
     gram = jac @ jac.T

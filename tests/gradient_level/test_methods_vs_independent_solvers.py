@@ -1,5 +1,6 @@
-"""Issue 13: method-specific defects of Nash-MTL, IMTL-G and CAGrad, each against an
-independent computation (hand-derived values, numpy least squares, scipy.optimize).
+"""Nash-MTL, IMTL-G and CAGrad on their hard cases (raw and badly scaled Gram matrices,
+rank-deficient J, tiny tasks), each against an independent computation (hand-derived
+values, numpy least squares, scipy.optimize).
 
 Everything goes through the public API (``mw.NashMTL``, ``mw.get(name, ...)``), so
 the tests do not depend on where the methods live.
