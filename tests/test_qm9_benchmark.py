@@ -305,6 +305,7 @@ def test_report_table_by_hand(tmp_path: Path) -> None:
         _fake_run("equal", 0, [3.0, 3.0], lr=3e-3), _fake_run("equal", 1, [3.0, 3.2], lr=3e-3),
         _fake_run("mgda", 0, [1.0, 0.5], step=2.0), _fake_run("mgda", 1, [1.02, 0.52], step=4.0),
     ]  # fmt: skip
+    runs.sort(key=lambda r: r["name"])  # as read from the folder: "equal-lr0.003-s0" first
     table = report.build_table(runs)
     rows = {(r["method"], r["lr"]): r for r in table["rows"]}
     ls, mgda = rows[("equal", 1e-3)], rows[("mgda", 1e-3)]

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .metrics import delta_m, display_scale, mean_ranks
+from .protocol import preset
 
 __all__ = ["PAPERS", "build_table", "main", "spearman"]
 
@@ -143,8 +144,8 @@ def build_table(
         return out
     ref_test = [statistics.fmean(v[0] for v in stl[t].values()) for t in tasks]
     ref_val = [statistics.fmean(v[1] for v in stl[t].values()) for t in tasks]
-    preset = runs[0]["config"]
-    base_lr = 1e-3 if preset["protocol"] == "paper" else preset["lr"]
+    defaults = preset(runs[0]["config"]["protocol"])  # the main rows: the preset's lr, gradients
+    base_lr = defaults.lr
     ls_step = [
         r["median_step_seconds"]
         for (m, lr, _), rs in groups.items()
@@ -187,7 +188,7 @@ def build_table(
         for r in rows
         if r["lr"] == base_lr
         and (
-            r["gradients"] == preset["gradients"]
+            r["gradients"] == defaults.gradients
             or r["method"] == "db_mtl"
             or r["method"] in LOSS_LEVEL
         )
@@ -363,7 +364,8 @@ def plot(table: dict[str, Any], path: Path) -> None:
         sd = 0.0 if math.isnan(r["delta_m_sd"]) else r["delta_m_sd"]
         marker = "o" if r.get("main") else "s"
         ax.errorbar(r["step_ratio"], r["delta_m"], yerr=sd, fmt=marker, ms=4, capsize=2)
-        label = r["label"] + ("" if r.get("main") else f" ({r['gradients']}, lr {r['lr']:g})")
+        grads = "" if r["method"] in LOSS_LEVEL else f"{r['gradients']}, "
+        label = r["label"] + ("" if r.get("main") else f" ({grads}lr {r['lr']:g})")
         ax.annotate(
             label,
             (r["step_ratio"], r["delta_m"]),
