@@ -236,8 +236,13 @@ def test_stl_run_trains_its_task_only(graphs: data.Graphs, tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_resume_equals_an_uninterrupted_run(graphs: data.Graphs, tmp_path: Path) -> None:
-    config = tiny(method="rlw", epochs=2)  # RLW draws from the global RNG
+@pytest.mark.parametrize("method", ["rlw", "dwa", "famo", "uncertainty", "gradnorm"])
+def test_resume_equals_an_uninterrupted_run(
+    graphs: data.Graphs, tmp_path: Path, method: str
+) -> None:
+    # RLW draws from the global RNG; the others carry state (loss history, learned
+    # parameters and their optimizer state) from one epoch to the next
+    config = tiny(method=method, epochs=2, batch_size=8)
     whole = run(config, graphs, tmp_path / "whole", log=lambda s: None)
     part = run(config, graphs, tmp_path / "part", log=lambda s: None, max_epochs=1)
     assert not part["finished"]
@@ -245,7 +250,8 @@ def test_resume_equals_an_uninterrupted_run(graphs: data.Graphs, tmp_path: Path)
     assert resumed["finished"] and resumed["test_mae"] == whole["test_mae"]
     assert resumed["history"] == whole["history"]
     with pytest.raises(ValueError, match=r"another configuration.*lr"):
-        run(tiny(method="rlw", epochs=2, lr=0.5), graphs, tmp_path / "part", log=lambda s: None)
+        run(tiny(method=method, epochs=2, batch_size=8, lr=0.5), graphs, tmp_path / "part",
+            log=lambda s: None)  # fmt: skip
 
 
 @pytest.mark.slow
