@@ -13,7 +13,7 @@ per-task gradients of shared inputs); both are re-exported here.
 
 from mtlweight import autograd, functional, gradient_level, loss_level, losses
 from mtlweight._base import Weighting
-from mtlweight._instance_gram import InstanceGram
+from mtlweight._engine.instance import InstanceGram
 from mtlweight._registry import available, get, register
 from mtlweight.gradient_level import *  # noqa: F403
 from mtlweight.gradient_level import GradientMethod

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import mtlweight as mw
-from mtlweight._instance_gram import layer_gram
+from mtlweight._engine.instance import layer_gram
 
 
 class Twice(nn.Module):

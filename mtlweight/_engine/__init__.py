@@ -11,6 +11,8 @@ Nothing here knows a weighting strategy; :mod:`mtlweight.gradient_level` and
   and the combinations :math:`\\sum_t c_t \\nabla L_t`;
 - :mod:`.graph`: reading the losses' graph (its leaves, where passes may stop);
 - :mod:`.linear`: the per-task gradients of shared linear layers as activations;
+- :mod:`.instance`: the Gram matrix of per-sample losses from one backward pass
+  (:class:`~mtlweight.InstanceGram`, instance-wise weighting);
 - :mod:`.update`: ``.grad`` writes and the backward passes that finish a step;
 - :mod:`.plans`: the named backward plans and :func:`~.plans.choose_plan`, the
   entry point of a gradient-level step (``plan.run(combine, plain=...)``).

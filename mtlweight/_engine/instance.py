@@ -33,6 +33,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
+
+from mtlweight._engine.passes import task_pass
 
 __all__ = ["InstanceGram", "layer_gram"]
 
@@ -158,9 +161,9 @@ class InstanceGram:
                              f"found {tuple(losses.shape)}")
         records, self._records = self._records, []
         count = losses.shape[0]
-        outputs = [out for _, _, out in records]
-        found = torch.autograd.grad(losses.sum(), outputs, retain_graph=bool(self.others),
-                                    allow_unused=True) if outputs else []
+        edges = [get_gradient_edge(out) for _, _, out in records]
+        found = task_pass([losses.sum()], [], keep_graph=bool(self.others),
+                          edges=edges).at_edges[0] if edges else []
         total = torch.zeros(count, count, dtype=torch.float64, device=losses.device)
         by_layer: dict[int, list[tuple[Tensor, Tensor]]] = {}
         pending: list[tuple[nn.Module, Tensor, Tensor]] = []
@@ -183,14 +186,9 @@ class InstanceGram:
             total += layer_gram(a, d).double()
         self._pending = pending
         self._other_grads = None
-        if self.others:
-            rows = []
-            for n in range(count):
-                grads = torch.autograd.grad(losses[n], self.others, retain_graph=n < count - 1,
-                                            allow_unused=True)
-                rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
-                                       for p, g in zip(self.others, grads, strict=True)]))
-            jac = torch.stack(rows)
+        if self.others:  # the fallback: one pass per sample
+            jac = task_pass(list(losses.unbind()), self.others, keep_graph=False,
+                            matrix=len(self.others)).grads.matrix()
             self._other_grads = jac
             total += (jac @ jac.T).double()
         return ((total + total.T) / 2).cpu()
