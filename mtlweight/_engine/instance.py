@@ -37,8 +37,6 @@ from torch.autograd.graph import get_gradient_edge
 
 from mtlweight._engine.passes import task_pass
 
-__all__ = ["InstanceGram", "layer_gram"]
-
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
