@@ -33,6 +33,11 @@ __all__ = [
 
 Array = NDArray[np.float64]
 
+# K problems of T unknowns go to the batched solve_lcp from K T^3 = 2^18 on (UPGrad from
+# T = 32, DualProj and MGDA from T = 64): below, its fixed cost of torch calls (a few ms)
+# is more than the numpy active-set methods take.
+_BATCHED_WORK = 2**18
+
 
 def balance(values: Tensor) -> Tensor:
     r"""The paper's balancing rule :math:`w_t = 1 - x_t / \sum_j x_j`.
@@ -113,10 +118,10 @@ def min_norm_weights(gram: Array, *, tol: float = 1e-12) -> Array:
     When the min-norm point is not zero, :math:`w^\star = x / \mathbf 1^\top x`
     with :math:`x` the solution of the complementarity problem
     :math:`x \ge 0,\ G x - \mathbf 1 \ge 0,\ x^\top (G x - \mathbf 1) = 0`
-    (:func:`solve_lcp`: batched Cholesky solves, fast at hundreds of tasks). Where
-    that fails (0 in the hull, or :math:`G` singular on the support: identical
-    or zero gradients), Wolfe's min-norm-point algorithm: a finite active-set
-    method that keeps its support affinely independent.
+    (:func:`solve_lcp`: batched Cholesky solves, fast at hundreds of tasks) from
+    :math:`T = 64` on. Below, or where that fails (0 in the hull, or :math:`G`
+    singular on the support: identical or zero gradients), Wolfe's min-norm-point
+    algorithm: a finite active-set method that keeps its support affinely independent.
 
     Parameters
     ----------
@@ -144,11 +149,12 @@ def min_norm_weights(gram: Array, *, tol: float = 1e-12) -> Array:
     # With x >= 0, y = g x - 1 >= 0, x^T y = 0 (an LCP), w = x / sum(x) satisfies the
     # simplex KKT conditions g w >= (w^T g w) 1 with equality on the support. Where 0 is in
     # the hull (or g is singular on the support) the LCP has no solution: then Wolfe's method.
-    x, solved = solve_lcp(torch.from_numpy((g + g.T) / 2),
-                          torch.full((1, count), -1.0, dtype=torch.float64), tol=tol)
-    total = float(x.sum())
-    if bool(solved[0]) and np.isfinite(total) and total > 0.0:
-        return np.asarray(x[0].numpy() / total, dtype=np.float64)
+    if count**3 >= _BATCHED_WORK:  # below, Wolfe's method costs less than the torch calls
+        x, solved = solve_lcp(torch.from_numpy((g + g.T) / 2),
+                              torch.full((1, count), -1.0, dtype=torch.float64), tol=tol)
+        total = float(x.sum())
+        if bool(solved[0]) and np.isfinite(total) and total > 0.0:
+            return np.asarray(x[0].numpy() / total, dtype=np.float64)
     return _wolfe_min_norm(g, tol=tol)
 
 
@@ -264,7 +270,7 @@ def _first_guess(matrix: Tensor, q: Tensor, steps: int) -> Tensor:
 
 def solve_lcp(matrix: Tensor, q: Tensor, *, tol: float = 1e-13,
               max_iter: int | None = None, memory: int = 2**24,
-              warm_steps: int = 50) -> tuple[Tensor, Tensor]:
+              warm_steps: int | None = None) -> tuple[Tensor, Tensor]:
     r"""Solve the linear complementarity problems of a positive definite :math:`M`, row by row.
 
     .. math::
@@ -302,7 +308,8 @@ def solve_lcp(matrix: Tensor, q: Tensor, *, tol: float = 1e-13,
     warm_steps
         Accelerated projected-gradient steps on all rows together (one
         ``(K, T) @ (T, T)`` product each) whose support is the first guess of
-        :math:`F`; ``0``: :math:`F = \{t : q_t < 0\}`.
+        :math:`F`; ``0``: :math:`F = \{t : q_t < 0\}`; default 50 from 64 unknowns
+        on, else 0.
 
     Returns
     -------
@@ -323,6 +330,8 @@ def solve_lcp(matrix: Tensor, q: Tensor, *, tol: float = 1e-13,
     count = q.shape[1]
     limit = 3 * count + 20 if max_iter is None else max_iter
     scale = tol * torch.clamp(q.abs().amax(dim=1, keepdim=True), min=1.0)
+    if warm_steps is None:
+        warm_steps = 50 if count >= 64 else 0
     free = _first_guess(matrix, q, warm_steps) if warm_steps else q < -scale
     if q.dtype == torch.float64 and count >= 64:
         # the first rounds, which only find the sets, in single precision (about half the
@@ -394,8 +403,10 @@ def dual_cone_weights(gram: Array, u: Array, *, tol: float = 1e-13) -> Array:
     problem :math:`s \ge 0,\ C y \ge 0,\ s^\top C y = 0`, solved exactly (up to
     rounding) for all ``K`` vectors together by :func:`solve_lcp` (block
     principal pivoting, batched Cholesky solves): no regularisation of
-    :math:`G`. Where :math:`C` is singular (more tasks than the rank of :math:`J`,
-    repeated rows) and that fails, the non-negative least-squares problem
+    :math:`G`; when :math:`K T^3 \ge 2^{18}` (UPGrad's :math:`K = T` from
+    :math:`T = 32`, one vector from :math:`T = 64`). Below, or where :math:`C` is
+    singular (more tasks than the rank of :math:`J`, repeated rows) and that
+    fails, the non-negative least-squares problem
     :math:`\min_{s \ge 0} \lVert R s + R\,(n \odot u) \rVert`
     (:math:`C = R^\top R`) by the active-set method of Lawson and Hanson.
 
@@ -438,11 +449,14 @@ def dual_cone_weights(gram: Array, u: Array, *, tol: float = 1e-13) -> Array:
     rows = result.reshape(-1, result.shape[-1])  # a view: the results land in ``result``
     lower = n * rows[:, live]
     # y = lower + s, s >= 0, C y >= 0, s^T C y = 0: the LCP of C and q = C lower
-    matrix = torch.from_numpy(cosines)
-    slack, solved = solve_lcp(matrix, torch.from_numpy(lower) @ matrix, tol=tol)
-    slacks = slack.numpy()
-    unsolved = np.flatnonzero(~solved.numpy())
-    if unsolved.size:  # a singular C: the active-set NNLS on its square root
+    slacks = np.zeros_like(lower)
+    unsolved = np.arange(lower.shape[0])
+    if lower.shape[0] * live.size**3 >= _BATCHED_WORK:  # below, NNLS row by row is cheaper
+        matrix = torch.from_numpy(cosines)
+        slack, solved = solve_lcp(matrix, torch.from_numpy(lower) @ matrix, tol=tol)
+        slacks = slack.numpy()
+        unsolved = np.flatnonzero(~solved.numpy())
+    if unsolved.size:  # small, or a singular C: the active-set NNLS on its square root
         eigenvalues, vectors = np.linalg.eigh(cosines)
         root = np.sqrt(np.clip(eigenvalues, 0.0, None))[:, None] * vectors.T  # C = R^T R
         for k in unsolved:
