@@ -23,6 +23,39 @@ def _values_dtype(values: Sequence[Tensor]) -> torch.dtype:
     return torch.float64 if any(v.dtype == torch.float64 for v in values) else torch.float32
 
 
+class TaskMap:
+    """This call's task order against the state's (:attr:`Weighting.tasks`).
+
+    The one mapping of the library between the two orders.
+
+    Examples
+    --------
+    >>> order = TaskMap(["b", "a"], ["a", "b"])
+    >>> order.to_state(torch.tensor([2.0, 1.0])), order.to_call(torch.tensor([1.0, 2.0]))
+    (tensor([1., 2.]), tensor([2., 1.]))
+    """
+
+    def __init__(self, names: list[str], tasks: list[str] | None) -> None:
+        #: Positions in the state of this call's tasks (``None``: the same order).
+        self.to_call_index: list[int] | None = None
+        #: Positions in this call of the state's tasks (``None``: the same order).
+        self.to_state_index: list[int] | None = None
+        if tasks is not None and names != tasks:
+            self.to_call_index = [tasks.index(n) for n in names]
+            self.to_state_index = [names.index(t) for t in tasks]
+
+    def to_state(self, per_task: Tensor, *, square: bool = False) -> Tensor:
+        """A per-task tensor of this call (rows; and columns if ``square``) in the state's order."""
+        index = self.to_state_index
+        if index is None:
+            return per_task
+        return per_task[index][:, index] if square else per_task[index]
+
+    def to_call(self, per_task: Tensor) -> Tensor:
+        """A per-task tensor in the state's order back in this call's order."""
+        return per_task if self.to_call_index is None else per_task[self.to_call_index]
+
+
 class Weighting(nn.Module, ABC):
     r"""Base class of the loss-weighting strategies.
 
@@ -175,14 +208,9 @@ class Weighting(nn.Module, ABC):
                 f"loss of task {task!r} is not finite on another process (this one is finite)"
             )
 
-    def task_index(self, names: list[str]) -> list[int] | None:
-        """Positions in :attr:`tasks` of this call's ``names``; ``None`` if in the same order.
-
-        For stateful strategies whose state is stored in the order of :attr:`tasks`.
-        """
-        if self.tasks is None or names == self.tasks:
-            return None
-        return [self.tasks.index(n) for n in names]
+    def task_map(self, names: list[str]) -> TaskMap:
+        """This call's task order against :attr:`tasks`, the order the state is kept in."""
+        return TaskMap(names, self.tasks)
 
     def backward(self, losses: Losses, *, representation: Tensor | None = None) -> dict[str, float]:
         """Weight ``losses``, backpropagate the total and return the weights used.
@@ -301,7 +329,7 @@ class Stateful(Weighting):
 
     The state (a buffer, a parameter, an extra state entry) is kept in the
     order of :attr:`~Weighting.tasks`; later calls must use the same names, in
-    any order (:meth:`~Weighting.task_index` maps them). Derive from it next to
+    any order (:meth:`~Weighting.task_map` maps them). Derive from it next to
     the strategy's other base, e.g. ``class NashMTL(GramWeighting, Stateful)``.
     """
 

@@ -116,7 +116,7 @@ def _options(cls: type[Weighting]) -> list[str]:
     for klass in cls.__mro__:
         if "__init__" not in vars(klass) or klass is object:
             continue
-        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        parameters = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]
         found += [p.name for p in parameters if p.kind in (
             inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):

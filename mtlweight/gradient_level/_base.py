@@ -160,26 +160,6 @@ class GradientMethod(EngineSteps, MicroBatches, Weighting):
             f"total gives it: call {name}.backward(losses) instead of {name}(losses)"
         )
 
-    def compute_weights(
-        self,
-        names: list[str],
-        losses: list[Tensor],
-        values: Tensor,
-        *,
-        representation: Tensor | None = None,
-    ) -> Tensor:
-        reused = self.reused_weights(names)
-        if reused is not None:
-            return reused
-        self.check_losses(names, values)  # before any backward pass
-        plan = self.plan(losses, representation, update=False)
-        grads = plan.gradients()
-        self.batched = plan.settings.batched
-        combination = self._weigh(names, grads, len(plan.inputs), plan.settings.per_sample, values)
-        if combination.direction is not None:
-            raise TypeError(self._no_total())
-        return combination.weights
-
     def backward(self, losses: Losses, *, representation: Tensor | None = None) -> dict[str, float]:
         """Backpropagate: :math:`d` on the shared inputs, the rest as ``task_specific`` says.
 
@@ -235,17 +215,6 @@ class GradientMethod(EngineSteps, MicroBatches, Weighting):
             )
         check_finite(names, weights, "weight")
         return combination
-
-    def _inputs(self, representation: Tensor | None) -> list[Tensor]:
-        if representation is not None:
-            return self.shared.resolve(type(self).__name__, representation)
-        name = type(self).__name__
-        if self.needs_representation:
-            raise ValueError(
-                f"{name} takes the gradients with respect to a shared representation: call "
-                f"it with representation=features (the output of the shared encoder)"
-            )
-        return self.shared.resolve(name)
 
     def extra_repr(self) -> str:
         parts = [super().extra_repr(), f"task_specific={self.task_specific!r}"]

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from mtlweight._engine.grads import TaskGrads, gram
 from mtlweight._engine.plans import Combination, GeneralPlan, Plan, Settings, choose_plan
+from mtlweight._engine.targets import SharedInputs
 from mtlweight._engine.update import weighted_total
 from mtlweight._validation import Losses, check_finite
 from mtlweight.distributed import is_distributed, world_size
@@ -27,6 +28,7 @@ class _Method(Protocol):
 
     batched: bool | None
     statistics: dict[str, Tensor]
+    shared: SharedInputs
     _weights: dict[str, float]
     _forward_hooks: dict[int, Callable[..., Any]]
     _forward_hooks_with_kwargs: dict[int, bool]
@@ -36,6 +38,8 @@ class _Method(Protocol):
 
     @property
     def needs_matrix(self) -> bool: ...
+    @property
+    def needs_representation(self) -> bool: ...
     @property
     def diagonal_only(self) -> bool: ...
     @property
@@ -51,6 +55,10 @@ class _Method(Protocol):
     def _record(self, names: list[str], weights: Tensor) -> None: ...
     def _inputs(self, representation: Tensor | None) -> list[Tensor]: ...
     def _reduced_jacobian(self, jac: Tensor) -> Tensor: ...
+    def _no_total(self) -> str: ...
+    def reused_weights(self, names: list[str]) -> Tensor | None: ...
+    def plan(self, losses: list[Tensor], representation: Tensor | None, *, update: bool
+             ) -> Plan: ...
     def _fire_forward_hooks(self, args: tuple[Any, ...], kwargs: dict[str, Any],
                             tensors: list[Tensor]) -> None: ...
     def _weigh(self, names: list[str], grads: TaskGrads, count: int, per_sample: bool,
@@ -88,6 +96,37 @@ class EngineSteps:
     #: always backpropagates the total once more with :math:`d` in place (every
     #: ``.grad`` written by autograd; same results up to rounding).
     assemble: bool = True
+
+    def compute_weights(
+        self: _Method,
+        names: list[str],
+        losses: list[Tensor],
+        values: Tensor,
+        *,
+        representation: Tensor | None = None,
+    ) -> Tensor:
+        reused = self.reused_weights(names)
+        if reused is not None:
+            return reused
+        self.check_losses(names, values)  # before any backward pass
+        plan = self.plan(losses, representation, update=False)
+        grads = plan.gradients()
+        self.batched = plan.settings.batched
+        combination = self._weigh(names, grads, len(plan.inputs), plan.settings.per_sample, values)
+        if combination.direction is not None:
+            raise TypeError(self._no_total())
+        return combination.weights
+
+    def _inputs(self: _Method, representation: Tensor | None) -> list[Tensor]:
+        if representation is not None:
+            return self.shared.resolve(type(self).__name__, representation)
+        name = type(self).__name__
+        if self.needs_representation:
+            raise ValueError(
+                f"{name} takes the gradients with respect to a shared representation: call "
+                f"it with representation=features (the output of the shared encoder)"
+            )
+        return self.shared.resolve(name)
 
     def plan(
         self: _Method, losses: list[Tensor], representation: Tensor | None, *, update: bool

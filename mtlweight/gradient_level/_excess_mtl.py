@@ -114,7 +114,7 @@ class ExcessMTL(ParameterState):
 
     def excess_risks(self, jac: Tensor) -> Tensor:
         """Accumulate this step's squared gradients; return :math:`E_t`, ``(T,)`` float64 CPU."""
-        jac = self.task_order(jac).detach()
+        jac = self.order.to_state(jac).detach()
         self.check_state(self.squares, jac, "squared-gradient sums")
         if self.squares is None:
             self.squares = torch.zeros_like(jac)
@@ -142,7 +142,7 @@ class ExcessMTL(ParameterState):
             positive = self.baseline > 0
             ratio = torch.where(positive, risks / torch.where(positive, self.baseline, 1.0), 0.0)
             self.log_alpha = torch.log_softmax(self.log_alpha + self.robust_step_size * ratio, 0)
-        return Combination(self.call_order(self.log_alpha.exp()))
+        return Combination(self.order.to_call(self.log_alpha.exp()))
 
     def get_extra_state(self) -> dict[str, Any]:
         state = {"squares": self.squares, "baseline": self.baseline, "log_alpha": self.log_alpha}

@@ -105,7 +105,7 @@ class GradVac(TaskStateWeighting):
         self.targets: Tensor | None = None  # phi-hat, (T, T) float64, in the order of tasks
 
     def gram_weights(self, gram: Tensor, values: Tensor) -> Tensor:
-        g = self.state_order(gram).tolist()
+        g = self.order.to_state(gram, square=True).tolist()
         count = len(g)
         if self.targets is None or self.targets.shape != (count, count):
             self.targets = torch.zeros(count, count, dtype=torch.float64)
@@ -132,7 +132,7 @@ class GradVac(TaskStateWeighting):
                 targets[i][j] = (1.0 - self.beta) * target + self.beta * phi
         self.targets = torch.tensor(targets, dtype=torch.float64)
         weights = torch.tensor(coefficients, dtype=torch.float64).sum(dim=0)
-        return self.call_order(weights)
+        return self.order.to_call(weights)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {

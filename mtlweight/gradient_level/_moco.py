@@ -126,7 +126,7 @@ class MoCo(ParameterState):
         return dict(zip(self.tasks, self.lam.tolist(), strict=True))
 
     def combine(self, jac: Tensor, gram: Tensor, values: Tensor) -> Combination:
-        rows = self.task_order(jac).detach()
+        rows = self.order.to_state(jac).detach()
         self.check_state(self.tracked, rows, "tracked gradients")
         self.calls += 1
         beta = self.beta / self.calls**self.beta_sigma

@@ -99,7 +99,7 @@ class MoDo(TaskStateWeighting):
         self.lambd: Tensor | None = None  # (T,) float64 on the simplex, in the order of tasks
 
     def gram_weights(self, gram: Tensor, values: Tensor) -> Tensor:
-        g = self.state_order(gram).numpy()
+        g = self.order.to_state(gram, square=True).numpy()
         count = g.shape[0]
         if self.lambd is None or self.lambd.shape != (count,):
             lambd = np.full(count, 1.0 / count)
@@ -107,7 +107,7 @@ class MoDo(TaskStateWeighting):
             lambd = self.lambd.numpy()
         lambd = project_simplex(lambd - self.gamma * (g @ lambd + self.rho * lambd))
         self.lambd = torch.from_numpy(lambd.copy())
-        return self.call_order(torch.from_numpy(lambd))
+        return self.order.to_call(torch.from_numpy(lambd))
 
     def get_extra_state(self) -> dict[str, Any]:
         return {**super().get_extra_state(), "lambda": self.lambd}

@@ -17,17 +17,13 @@ class ParameterState(TaskOrder):
 
     - the task names are fixed at the first call and the state is kept in that
       order (:class:`~mtlweight.gradient_level._task_state.TaskOrder`); a later
-      call may list the tasks in any order (:meth:`task_order` gives the rows
+      call may list the tasks in any order (``order.to_state(jac)`` gives the rows
       of this call's ``jac`` in state order);
     - a ``representation=`` is refused: its coordinates are the samples of
       each batch, not the same quantity from one step to the next;
     - a change in :math:`P` (a layer frozen or unfrozen) raises
       (:meth:`check_state`) instead of mixing unrelated coordinates.
     """
-
-    def task_order(self, jac: Tensor) -> Tensor:
-        """This step's ``(T, P)`` rows in the order of :attr:`tasks` (the state's order)."""
-        return jac if self._order is None else jac[self._order]
 
     def check_state(self, state: Tensor | None, jac: Tensor, what: str) -> None:
         """Raise if the ``(T, P)`` ``state`` does not match this step's gradients."""

@@ -116,7 +116,7 @@ class SDMGrad(TaskStateWeighting):
         self.w: Tensor | None = None  # (T,) float64 on the simplex, in the order of tasks
 
     def gram_weights(self, gram: Tensor, values: Tensor) -> Tensor:
-        g = self.state_order(gram).numpy()
+        g = self.order.to_state(gram, square=True).numpy()
         count = g.shape[0]
         preferred = np.full(count, 1.0 / count)
         w = preferred.copy() if self.w is None or self.w.shape != (count,) else self.w.numpy()
@@ -129,7 +129,7 @@ class SDMGrad(TaskStateWeighting):
             w = project_simplex(w - self.lr * velocity)
         self.w = torch.from_numpy(w.copy())
         weights = (w + self.lambda_ * preferred) / (1.0 + self.lambda_)
-        return self.call_order(torch.from_numpy(weights))
+        return self.order.to_call(torch.from_numpy(weights))
 
     def get_extra_state(self) -> dict[str, Any]:
         return {**super().get_extra_state(), "w": self.w}

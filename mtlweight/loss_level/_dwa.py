@@ -93,11 +93,8 @@ class DynamicWeightAverage(Stateful):
         representation: Tensor | None = None,
     ) -> Tensor:
         check_non_negative(names, values, "DynamicWeightAverage")
-        assert self.tasks is not None
-        ordered = names == self.tasks
-        current = self.statistic("loss", values)
-        if not ordered:
-            current = current[[names.index(t) for t in self.tasks]]
+        order = self.task_map(names)
+        current = order.to_state(self.statistic("loss", values))
         if len(self._previous) < 2:
             weights = torch.ones_like(values)
         else:
@@ -109,9 +106,7 @@ class DynamicWeightAverage(Stateful):
             self._epoch_count += 1
         else:
             self._push(current)
-        if not ordered:
-            weights = weights[[self.tasks.index(n) for n in names]]
-        return weights
+        return order.to_call(weights)
 
     def epoch_end(self) -> None:
         """Close an epoch (``per_epoch=True``): its mean losses enter the rates.

@@ -126,20 +126,15 @@ class FAMO(Stateful):
         representation: Tensor | None = None,
     ) -> Tensor:
         check_non_negative(names, values, "FAMO")
-        order = self.task_index(names)
-        current = self.statistic("loss", values).detach().double().cpu()
-        if order is not None:  # into the order of ``tasks``
-            current = current[[names.index(t) for t in self.tasks or []]]
+        order = self.task_map(names)
+        current = order.to_state(self.statistic("loss", values).detach().double().cpu())
         if self.logits is None:
             self.logits = torch.zeros(len(names), dtype=torch.float64)
         if self.previous is not None:
             self._update(torch.log(self.previous + self.eps) - torch.log(current + self.eps))
         self.previous = current
         inverse = torch.softmax(self.logits, 0) / (current + self.eps)
-        weights = inverse / inverse.sum()
-        if order is not None:
-            weights = weights[order]
-        return weights.to(values)
+        return order.to_call(inverse / inverse.sum()).to(values)
 
     def _update(self, decrease: Tensor) -> None:
         assert self.logits is not None

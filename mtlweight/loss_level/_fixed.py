@@ -127,7 +127,7 @@ class Fixed(Weighting):
         # Built from the Python floats at each call, in float64, so that
         # ``weights`` reports exactly what was given (0.01, not 0.00999...) even
         # after ``model.half()``; the total is computed in each loss's dtype.
-        index = self.task_index(names)
+        index = self.task_map(names).to_call_index
         key = (None if index is None else tuple(index), values.device)
         cached = self._tensors.get(key)
         if cached is None:  # made once per task order and device: not a buffer (no .half())

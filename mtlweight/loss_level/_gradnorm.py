@@ -159,18 +159,14 @@ class GradNorm(Stateful):
         norms = self._grad_norms(losses, representation).to(values)
         check_finite(names, norms, "gradient norm")
         current = self.statistic("loss", values)
-        assert self.tasks is not None
-        if names != self.tasks:  # work in the order of ``tasks``
-            order = [names.index(t) for t in self.tasks]
-            norms, current = norms[order], current[order]
+        order = self.task_map(names)  # work in the order of ``tasks``
+        norms, current = order.to_state(norms), order.to_state(current)
         if self._initial_losses is None or self._task_weights is None:
             self._initial_losses = current.clone()
             self._task_weights = torch.ones_like(current)
         used = self._task_weights.to(values)
         self._task_weights = self._update(used, norms, current / self._initial_losses.to(values))
-        if names != self.tasks:
-            used = used[[self.tasks.index(n) for n in names]]
-        return used
+        return order.to_call(used)
 
     def _grad_norms(self, losses: list[Tensor], representation: Tensor | None) -> Tensor:
         """Per-task gradient norms, identical on every rank; kept as ``statistics["grad_norm"]``.

@@ -77,10 +77,8 @@ class LearnedScale(Weighting):
             )
         s: Tensor = _SyncGradient.apply(self.s, self)  # type: ignore[no-untyped-call]
         coefficients, regularisers = self.terms(s)
-        index = self.task_index(names)
-        if index is None:
-            return coefficients, regularisers
-        return coefficients[index], regularisers[index]
+        order = self.task_map(names)
+        return order.to_call(coefficients), order.to_call(regularisers)
 
     def compute_weights(
         self,
