@@ -51,6 +51,7 @@ from torch import nn
 import mtlweight as mw
 
 from _common import (
+    RESULTS,
     interleaved_medians,
     machine,
     markdown_table,
@@ -222,7 +223,8 @@ def run_tasks(count: int, methods: list[str], widths: list[int], *, quick: bool,
     times = interleaved_medians(variants, repeats=repeats, warmup=warmup,
                                 device=torch.device("cpu"))
     plain = times["plain"]["median_s"]
-    out: dict[str, Any] = {"tasks": count, "repeats": repeats, "warmup": warmup,
+    out: dict[str, Any] = {"tasks": count, "date": machine()["date"],
+                           "repeats": repeats, "warmup": warmup,
                            "seconds": time.perf_counter() - start,
                            "plain": {**times["plain"], **mem.get("plain", {})}, "methods": {}}
     for m in methods:
@@ -296,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-steps", type=int, default=3,
                         help="steps per memory probe below T = 512 (there: 1)")
     parser.add_argument("--note", default="", help="a remark for the results")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the other T of the existing JSON (re-measure some T only)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default: results/many_tasks.json; Markdown next to it)")
     args = parser.parse_args(argv)
@@ -311,6 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {json.dumps(mach)}\nTorchJD {torchjd}; methods {args.methods}", flush=True)
     results: dict[str, Any] = {}
     path = args.out
+    existing = args.out if args.out is not None else RESULTS / "many_tasks.json"
+    if args.append and existing.is_file():
+        previous = json.loads(existing.read_text())
+        results = previous["results"]
+        for row in results.values():  # measured at the start of that run
+            row.setdefault("date", previous["machine"]["date"])
     for count in args.tasks:
         print(f"\nT = {count}", flush=True)
         results[str(count)] = run_tasks(count, args.methods, widths, quick=args.quick,
@@ -321,10 +331,11 @@ def main(argv: list[str] | None = None) -> int:
                   "memory_steps": args.memory_steps}
         path = write_json("many_tasks", {"config": config, "results": results,
                                          "targets": TARGETS}, args.out)
+        dates = ", ".join(f"T = {k}: {r.get('date', mach['date'])}" for k, r in results.items())
         head = [
             "## Many tasks: instance-wise weighting against TorchJD",
             "",
-            f"Measured {mach['date']} on {mach['cpu']} ({mach['logical_cpus']} logical CPUs, "
+            f"Measured {dates} on {mach['cpu']} ({mach['logical_cpus']} logical CPUs, "
             f"{args.threads} torch thread(s), torch {mach['torch']}, TorchJD {torchjd}). "
             f"An MLP {'-'.join(map(str, widths))} ({parameters(widths):,} parameters), a batch "
             "of T samples, each sample's squared error its own task, the method over all "
