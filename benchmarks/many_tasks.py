@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.append and existing.is_file():
         previous = json.loads(existing.read_text())
         results = previous["results"]
-        for row in results.values():  # measured at the start of that run
+        for row in results.values():  # older files: when that run wrote them
             row.setdefault("date", previous["machine"]["date"])
     for count in args.tasks:
         print(f"\nT = {count}", flush=True)

@@ -40,6 +40,13 @@ def test_quick_run_writes_ratios_and_agreement(tmp_path: Path) -> None:
                 assert ours["exact_distance"] < 1e-8, name
     md = out.with_suffix(".md").read_text()
     assert "ours / autogram" in md and "| 8 | upgrad |" in md and "| 4 | mgda |" in md
+    # --append re-measures T = 4 and keeps T = 8 as it was
+    again = ["--quick", "--tasks", "4", "--methods", "upgrad", "--no-memory", "--append",
+             "--out", str(out)]
+    assert many_tasks.main(again) == 0
+    appended = json.loads(out.read_text())["results"]
+    assert list(appended) == ["4", "8"] and appended["8"] == data["results"]["8"]
+    assert list(appended["4"]["methods"]) == ["upgrad"]
 
 
 def test_same_batch_same_update_without_the_ridge() -> None:
