@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -27,6 +28,27 @@ def weighted_total(values: Sequence[Tensor], weights: Sequence[float]) -> Tensor
     total = terms[0]
     for term in terms[1:]:
         total = total + term
+    return total
+
+
+def cpu_total(values: list[Tensor], weights: list[float]) -> Tensor | None:
+    """The short path of constant weights: the total of finite CPU scalar losses, else ``None``.
+
+    The losses are checked through the total alone (a sum is finite only if every
+    term is), so one ``.item()`` serves; see :meth:`mtlweight.Fixed.forward`.
+
+    ``None`` when a value is not a 0-d floating tensor on the CPU (a tensor on
+    another device moves the total off the CPU) or when the total is not finite;
+    the full path then names the task, or passes an overflowing sum as it would.
+    """
+    for v in values:
+        if not (isinstance(v, Tensor) and v.dim() == 0 and v.is_floating_point()):
+            return None
+    if len(values) != len(weights) or not values[0].is_cpu:
+        return None
+    total = weighted_total(values, weights)
+    if not total.is_cpu or not math.isfinite(total.item()):
+        return None
     return total
 
 

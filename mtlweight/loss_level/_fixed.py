@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from mtlweight._base import _NO_VALUES, Weighting
-from mtlweight._engine.update import weighted_total
+from mtlweight._engine.update import cpu_total, weighted_total
 from mtlweight._validation import Losses, check_finite, normalise_losses
 from mtlweight.distributed import is_distributed
 
@@ -85,7 +85,7 @@ class Fixed(Weighting):
         if type(losses) is dict and not (self.sync and is_distributed()):
             seen = self._seen.get(tuple(losses))
             if seen is not None:
-                total = _checked_total(list(losses.values()), seen[1])
+                total = cpu_total(list(losses.values()), seen[1])
                 if total is not None:
                     self._record_floats(dict(seen[0]))
                     return total
@@ -135,21 +135,3 @@ class Fixed(Weighting):
             cached = torch.tensor(chosen, dtype=torch.float64, device=values.device)
             self._tensors[key] = cached
         return cached
-
-
-def _checked_total(values: list[Tensor], weights: list[float]) -> Tensor | None:
-    """The weighted total of CPU scalar losses, or ``None`` to take the full checks.
-
-    ``None`` when a value is not a 0-d floating tensor on the CPU (a tensor on
-    another device moves the total off the CPU) or when the total is not finite;
-    the full path then names the task, or passes an overflowing sum as it would.
-    """
-    for v in values:
-        if not (isinstance(v, Tensor) and v.dim() == 0 and v.is_floating_point()):
-            return None
-    if len(values) != len(weights) or not values[0].is_cpu:
-        return None
-    total = weighted_total(values, weights)
-    if not total.is_cpu or not math.isfinite(total.item()):
-        return None
-    return total
