@@ -287,7 +287,7 @@ def solve_lcp(matrix: Tensor, q: Tensor, *, tol: float = 1e-13,
     together (Cholesky, batched, on ``matrix``'s device), in chunks of about
     ``memory`` bytes. For float64 problems of 64 unknowns or more, the first
     rounds, which only look for the sets, run in single precision (tests at
-    :math:`10^{-5}`); the rounds that confirm them, in double.
+    :math:`10^{-6}`); the rounds that confirm them, in double.
 
     For a positive definite :math:`M` this is the unique solution of
     :math:`\min_{x \ge 0} \tfrac12 x^\top M x + q^\top x`, found exactly (up to
@@ -336,7 +336,7 @@ def solve_lcp(matrix: Tensor, q: Tensor, *, tol: float = 1e-13,
     if q.dtype == torch.float64 and count >= 64:
         # the first rounds, which only find the sets, in single precision (about half the
         # cost); then the rounds that confirm them, in double precision
-        _, _, free = _pivot(matrix.float(), q.float(), free, 1e-5 * scale / tol, limit // 2,
+        _, _, free = _pivot(matrix.float(), q.float(), free, 1e-6 * scale / tol, limit // 2,
                             memory)
     x, ok, _ = _pivot(matrix, q, free, scale, limit, memory)
     return x, ok
