@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Sequence
@@ -12,15 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from mtlweight._engine.update import weighted_total
-from mtlweight._validation import Losses, check_finite, check_min_tasks, normalise_losses
+from mtlweight._validation import Losses, check_min_tasks, loss_values, normalise_losses
 from mtlweight.distributed import all_reduce_mean, is_distributed
-
-_NO_VALUES = torch.empty(0)  # the values of a CPU call to a strategy that does not read them
-
-
-def _values_dtype(values: Sequence[Tensor]) -> torch.dtype:
-    """float64 if any loss is float64, else float32: the dtype of the detached values."""
-    return torch.float64 if any(v.dtype == torch.float64 for v in values) else torch.float32
 
 
 class TaskMap:
@@ -176,37 +168,9 @@ class Weighting(nn.Module, ABC):
         names, values = normalise_losses(losses)
         self._check_tasks(names)
         check_min_tasks(names, self.min_tasks, type(self).__name__, self._why_min_tasks)
-        if values[0].is_cpu:
-            # CPU: read the values (no kernel, no sync to wait for) and check them in Python;
-            # a few tensor ops cost more than the rest of a Fixed step's bookkeeping
-            floats = [v.item() for v in values]
-            finite = all(math.isfinite(f) for f in floats)
-            if not self.reads_values and finite and not (self.sync and is_distributed()):
-                return names, values, _NO_VALUES
-            detached = torch.tensor(floats, dtype=_values_dtype(values))
-        else:  # one stacked tensor and one sync, not one per task
-            dtype = _values_dtype(values)
-            detached = torch.stack([v.detach().reshape(()).to(dtype) for v in values])
-            finite = False  # checked below
-        if self.sync and is_distributed():
-            self._check_finite_everywhere(names, detached)
-        if not finite:
-            check_finite(names, detached, "loss")
+        detached = loss_values(names, values, needed=self.reads_values,
+                               synced=self.sync and is_distributed())
         return names, values, detached
-
-    def _check_finite_everywhere(self, names: list[str], detached: Tensor) -> None:
-        """Raise on every rank if a loss is not finite on any rank (no rank left hanging).
-
-        A non-finite loss on one process would make it raise while the others
-        wait in the next collective; one small all-reduce of the flags first
-        lets every process raise together.
-        """
-        bad = all_reduce_mean((~torch.isfinite(detached)).to(torch.float32))
-        if bool(bad.any()) and bool(torch.isfinite(detached).all()):
-            task = names[int(bad.nonzero()[0])]
-            raise FloatingPointError(
-                f"loss of task {task!r} is not finite on another process (this one is finite)"
-            )
 
     def task_map(self, names: list[str]) -> TaskMap:
         """This call's task order against :attr:`tasks`, the order the state is kept in."""

@@ -6,10 +6,13 @@ the value.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
+
+from mtlweight.distributed import all_reduce_mean
 
 Losses = Mapping[str, Tensor] | Sequence[Tensor]
 
@@ -110,4 +113,48 @@ def check_non_negative(names: Sequence[str], values: Tensor, strategy: str) -> N
         raise ValueError(
             f"{strategy} needs non-negative losses; loss of task {names[i]!r} is "
             f"{float(values[i])}"
+        )
+
+
+NO_VALUES = torch.empty(0)  # the values of a CPU call to a strategy that does not read them
+
+
+def loss_values(names: list[str], values: list[Tensor], *, needed: bool, synced: bool) -> Tensor:
+    """The detached losses, checked finite (on every process when ``synced``).
+
+    Stacked in float32 (float64 if any loss is). :data:`NO_VALUES` when they are
+    not ``needed`` (a strategy that does not read them), the call is on the CPU,
+    every loss is finite and ``synced`` is false.
+    """
+    dtype = torch.float64 if any(v.dtype == torch.float64 for v in values) else torch.float32
+    if values[0].is_cpu:
+        # CPU: read the values (no kernel, no sync to wait for) and check them in Python;
+        # a few tensor ops cost more than the rest of a Fixed step's bookkeeping
+        floats = [v.item() for v in values]
+        finite = all(math.isfinite(f) for f in floats)
+        if not needed and finite and not synced:
+            return NO_VALUES
+        detached = torch.tensor(floats, dtype=dtype)
+    else:  # one stacked tensor and one sync, not one per task
+        detached = torch.stack([v.detach().reshape(()).to(dtype) for v in values])
+        finite = False  # checked below
+    if synced:
+        check_finite_everywhere(names, detached)
+    if not finite:
+        check_finite(names, detached, "loss")
+    return detached
+
+
+def check_finite_everywhere(names: Sequence[str], detached: Tensor) -> None:
+    """Raise on every rank if a loss is not finite on any rank (no rank left hanging).
+
+    A non-finite loss on one process would make it raise while the others
+    wait in the next collective; one small all-reduce of the flags first
+    lets every process raise together.
+    """
+    bad = all_reduce_mean((~torch.isfinite(detached)).to(torch.float32))
+    if bool(bad.any()) and bool(torch.isfinite(detached).all()):
+        task = names[int(bad.nonzero()[0])]
+        raise FloatingPointError(
+            f"loss of task {task!r} is not finite on another process (this one is finite)"
         )

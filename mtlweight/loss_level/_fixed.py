@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from mtlweight._base import _NO_VALUES, Weighting
+from mtlweight._base import Weighting
 from mtlweight._engine.update import cpu_total, weighted_total
-from mtlweight._validation import Losses, check_finite, normalise_losses
+from mtlweight._validation import NO_VALUES, Losses, check_finite, normalise_losses
 from mtlweight.distributed import is_distributed
 
 
@@ -98,7 +98,7 @@ class Fixed(Weighting):
         key = tuple(names)
         seen = self._seen.get(key)
         if seen is None:
-            weights = self.compute_weights(names, values, _NO_VALUES).tolist()
+            weights = self.compute_weights(names, values, NO_VALUES).tolist()
             seen = self._seen[key] = (dict(zip(names, weights, strict=True)), weights)
         total = weighted_total(values, seen[1])
         if not math.isfinite(total.item()):  # name the task; an overflow of the sum passes
