@@ -271,7 +271,7 @@ class _Walk:
 
     def nested(self, cut_nodes: set[int], head_only: set[int]) -> bool:
         """Whether a cut node lies below another node under the cut."""
-        return any(
+        return bool(cut_nodes) and any(
             not self.reaches[key] and key not in head_only
             and any(id(c) in cut_nodes for c, _ in below)
             for key, below in self.edges.items()
