@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from mtlweight._engine.accumulate import Accumulated
+from mtlweight._engine.grads import TaskGrads
 from mtlweight._engine.update import weighted_total
 from mtlweight._validation import Losses, check_min_tasks, loss_values, normalise_losses
 from mtlweight.distributed import all_reduce_mean, is_distributed
@@ -134,6 +136,49 @@ class Weighting(nn.Module, ABC):
         """Weights of the last call, by task name, as plain floats."""
         return dict(self._weights)
 
+    def __call__(self, losses: Losses, *, representation: Tensor | None = None) -> Tensor:
+        """Run :meth:`forward` (a training call), or :meth:`evaluate` when evaluating.
+
+        A call is an *evaluation* under :func:`torch.no_grad`, :func:`torch.inference_mode`
+        or after ``weighting.eval()`` (Lightning's validation loop does all of these): it
+        returns the weighted total with the current weights and changes nothing.
+        """
+        if self.training and torch.is_grad_enabled():
+            total: Tensor = super().__call__(losses, representation=representation)
+            return total
+        return self.evaluate(losses)
+
+    def evaluate(self, losses: Losses) -> Tensor:
+        r""":math:`\sum_t w_t L_t` with the current weights; no step, history or state moves.
+
+        What a validation step logs: no gradient is taken, no statistic is
+        all-reduced (ranks may see different numbers of validation batches), no
+        random number is drawn. The current weights are those of the last
+        training call (:attr:`weights`); before the first one, each is 1, except
+        where a strategy knows them without a call (``Fixed``: its weights;
+        uncertainty weighting, IMTL-L: from their parameters).
+
+        Examples
+        --------
+        >>> import torch, mtlweight as mw
+        >>> lb = mw.LossBalance()
+        >>> _ = lb({"a": torch.tensor(1.0), "b": torch.tensor(3.0)})
+        >>> lb.weights, lb.step
+        ({'a': 0.75, 'b': 0.25}, 1)
+        >>> with torch.no_grad():
+        ...     lb({"a": torch.tensor(2.0), "b": torch.tensor(2.0)})
+        tensor(2.)
+        >>> lb.weights, lb.step
+        ({'a': 0.75, 'b': 0.25}, 1)
+        """
+        names, values = normalise_losses(losses)
+        Weighting._check_tasks(self, names)  # the names as configured; none are fixed here
+        return weighted_total(values, self.current_weights(names))
+
+    def current_weights(self, names: list[str]) -> list[float]:
+        """The weights an evaluation call uses for ``names`` (see :meth:`evaluate`)."""
+        return [self._weights.get(n, 1.0) for n in names]
+
     def forward(self, losses: Losses, *, representation: Tensor | None = None) -> Tensor:
         """Return :math:`\\sum_t \\operatorname{sg}(w_t) L_t` for this step's ``losses``.
 
@@ -176,13 +221,102 @@ class Weighting(nn.Module, ABC):
         """This call's task order against :attr:`tasks`, the order the state is kept in."""
         return TaskMap(names, self.tasks)
 
-    def backward(self, losses: Losses, *, representation: Tensor | None = None) -> dict[str, float]:
+    #: Whether :meth:`accumulate` applies: the weights are a function of the loss values
+    #: (and the state), so that those of the summed micro-batch losses are the step's.
+    accumulable: bool = True
+    _why_not_accumulable: str = ""
+
+    def accumulate(self, losses: Losses) -> None:
+        r"""Add one micro-batch's per-task gradients to the sums of this optimizer step.
+
+        Gradient accumulation that weights once per optimizer step, from the whole
+        step: for micro-batches :math:`k = 1..K` the losses
+        :math:`L_t = \sum_k L_t^{(k)}` and the gradients
+        :math:`\nabla L_t = \sum_k \nabla L_t^{(k)}` are summed, and
+        :meth:`backward_accumulated` weights them once (the state moves once) and
+        writes :math:`\sum_t w_t \nabla L_t` into ``.grad``. With each micro-batch's
+        mean losses divided by :math:`K` (as for plain accumulation) the weights and
+        the update are exactly those of the whole batch. Each call costs ``T``
+        backward passes (one per task, to every parameter the losses reach) and
+        holds ``T`` gradients per parameter until the step; it frees the graph and
+        writes no ``.grad``. Under DDP run the micro-batches inside
+        ``model.no_sync()``: the sums are averaged across processes at
+        :meth:`backward_accumulated`. Gradient methods weight the summed Jacobian
+        (:meth:`mtlweight.GradientMethod.accumulate`). Strategies whose weights are
+        trained through the total (uncertainty weighting, IMTL-L) or need this
+        step's gradient norms (GradNorm) raise :class:`TypeError` saying why.
+
+        Examples
+        --------
+        >>> import torch, mtlweight as mw
+        >>> theta = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+        >>> lb = mw.LossBalance()
+        >>> for x in (torch.tensor([1.0, 3.0]), torch.tensor([3.0, 1.0])):  # two micro-batches
+        ...     lb.accumulate({"a": theta[0] * x[0] / 2, "b": theta[1] * x[1] / 2})
+        >>> lb.backward_accumulated(), lb.step  # the whole batch: L_a = L_b = 2
+        ({'a': 0.5, 'b': 0.5}, 1)
+        >>> theta.grad
+        tensor([1., 1.])
+        """
+        if not self.accumulable:
+            raise TypeError(
+                f"{type(self).__name__} cannot accumulate micro-batches: "
+                f"{self._why_not_accumulable}"
+            )
+        names, tensors, values = self._prepare(losses)
+        pending: Accumulated | None = self.__dict__.get("_pending")
+        if pending is None:
+            pending = self.__dict__["_pending"] = Accumulated(names)
+        elif names != pending.names:
+            raise ValueError(
+                f"{type(self).__name__}.accumulate: this micro-batch has the tasks {names}; the "
+                f"previous ones of this step had {pending.names}"
+            )
+        if not values.numel():  # a strategy that does not read them (Fixed)
+            values = torch.tensor([v.item() for v in tensors], dtype=torch.float64)
+        pending.add_pass(tensors, values, [], batched=False)
+
+    def backward_accumulated(self) -> dict[str, float]:
+        """Weight the accumulated micro-batches once and write ``.grad``; return the weights.
+
+        See :meth:`accumulate`. The sums are cleared.
+        """
+        pending: Accumulated | None = self.__dict__.pop("_pending", None)
+        if pending is None or pending.values is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward_accumulated: nothing was accumulated; call "
+                ".accumulate(losses) for each micro-batch first"
+            )
+        names, values = pending.names, pending.values
+        summed = [v.reshape(()) for v in values.unbind()]
+        weights = self.compute_weights(names, summed, values).detach()
+        self._record(names, weights.to(values))
+        distributed = self.sync and is_distributed()
+        pending.apply(TaskGrads([[] for _ in names], owned=False), weights, None, plain=False,
+                      reduce=all_reduce_mean if distributed else None)
+        return self.weights
+
+    def backward(
+        self,
+        losses: Losses,
+        *,
+        representation: Tensor | None = None,
+        backward_fn: Callable[[Tensor], object] | None = None,
+    ) -> dict[str, float]:
         """Weight ``losses``, backpropagate the total and return the weights used.
 
         Equivalent to ``self(losses, representation=...).backward()``; gradients
-        accumulate into ``.grad`` as with ``loss.backward()``.
+        accumulate into ``.grad`` as with ``loss.backward()``. ``backward_fn``: the
+        function that backpropagates the total instead of ``Tensor.backward``, for
+        trainers that must run the backward pass themselves (Lightning's
+        ``self.manual_backward``, Accelerate's ``accelerator.backward``): under DDP
+        that is where they reduce the gradients.
         """
-        self(losses, representation=representation).backward()
+        total = self(losses, representation=representation)
+        if backward_fn is None:
+            total.backward()  # type: ignore[no-untyped-call]
+        else:
+            backward_fn(total)
         return self.weights
 
     @abstractmethod

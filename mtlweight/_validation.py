@@ -36,6 +36,13 @@ def normalise_losses(losses: Losses) -> tuple[list[str], list[Tensor]]:
     if isinstance(losses, Mapping):
         names = [str(k) for k in losses.keys()]
         values = list(losses.values())
+        if len(set(names)) != len(names):
+            keys = list(losses.keys())
+            twins = [k for k in keys if names.count(str(k)) > 1]
+            raise ValueError(
+                f"the task names {', '.join(map(repr, twins))} are the same as strings "
+                f"({str(twins[0])!r}): give the losses distinct names"
+            )
     elif isinstance(losses, Sequence):
         values = list(losses)
         names = task_names(len(values))

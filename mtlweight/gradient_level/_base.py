@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from abc import abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from torch import Tensor, nn
@@ -16,11 +16,12 @@ from mtlweight._engine.update import backward_total
 from mtlweight._validation import Losses, check_finite
 from mtlweight.gradient_level._engine_steps import EngineSteps
 from mtlweight.gradient_level._micro_batches import MicroBatches
+from mtlweight.gradient_level._totals import Totals
 
 TaskSpecific = Literal["weighted", "plain"]
 
 
-class GradientMethod(EngineSteps, MicroBatches, Weighting):
+class GradientMethod(EngineSteps, MicroBatches, Totals, Weighting):
     r"""Base class of the methods that combine the per-task gradients of shared inputs.
 
     At each step the per-task gradients of the shared parameters :math:`\theta`
@@ -36,16 +37,20 @@ class GradientMethod(EngineSteps, MicroBatches, Weighting):
     :math:`d` of the shared inputs, usually a combination :math:`d = J^\top w`
     whose coefficients :math:`w` are reported as the weights.
 
-    - ``task_specific="weighted"`` (default): ``weighting(losses)`` returns
-      :math:`\sum_t \operatorname{sg}(w_t) L_t`, whose backward pass puts
-      exactly :math:`d = J^\top w` on the shared inputs and
-      :math:`\sum_t w_t \nabla L_t` on every other parameter (the task heads);
-      ``weighting.backward(losses)`` gives the same gradients.
-    - ``task_specific="plain"``: the shared inputs receive :math:`d` and every
-      other parameter the plain gradient of :math:`\sum_t L_t`, as the official
-      code of PCGrad, CAGrad, IMTL-G and Aligned-MTL does. No weighted total
-      can do that: only ``weighting.backward(losses)`` is available and
-      ``weighting(losses)`` raises :class:`TypeError`.
+    - ``task_specific="plain"`` (default, except GradientBalance): the shared
+      inputs receive :math:`d` and every other parameter (the task heads) the
+      plain gradient of :math:`\sum_t L_t`, as the methods' official code,
+      TorchJD and LibMTL do: a negative or zero weight never turns a head's own
+      update into ascent or silence. No weighted total can do that:
+      ``weighting(losses)`` returns a total of the same value whose backward
+      pass writes exactly these gradients (a custom autograd function,
+      :func:`~mtlweight._total.update_total`), so a trainer that backpropagates
+      the loss itself (Lightning, the Hugging Face ``Trainer``, Accelerate) gets
+      them too, each ``.grad`` accumulated once (DDP's hooks see the final one).
+    - ``task_specific="weighted"`` (the former default, GradientBalance's):
+      ``weighting(losses)`` returns :math:`\sum_t \operatorname{sg}(w_t) L_t`,
+      whose backward pass puts exactly :math:`d = J^\top w` on the shared inputs
+      and :math:`\sum_t w_t \nabla L_t` on every other parameter.
 
     ``backward`` accumulates into ``.grad`` like ``loss.backward()`` and returns
     the weights. :math:`J` costs one backward pass per task that stops at
@@ -90,7 +95,7 @@ class GradientMethod(EngineSteps, MicroBatches, Weighting):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        mode = "weighted" if task_specific is None else task_specific
+        mode = self.default_task_specific if task_specific is None else task_specific
         if mode not in ("weighted", "plain"):
             raise ValueError(f"task_specific must be 'weighted' or 'plain'; found {mode!r}")
         self.task_specific: TaskSpecific = mode
@@ -123,9 +128,14 @@ class GradientMethod(EngineSteps, MicroBatches, Weighting):
     #: the off-diagonal entries are not computed and are zero.
     diagonal_only: bool = False
 
-    #: Whether :meth:`combine` always returns a ``direction`` (not :math:`J^\\top w`):
-    #: ``weighting(losses)`` then raises :class:`TypeError` before it computes anything.
+    #: Whether :meth:`combine` always returns a ``direction`` (not :math:`J^\\top w`);
+    #: ``weighting(losses)`` then returns an :func:`~mtlweight._total.update_total`.
     direction_only: bool = False
+
+    #: What the task-specific parameters get when ``task_specific`` is not given: the
+    #: plain gradients, as the methods' papers and official code, TorchJD and LibMTL do.
+    #: GradientBalance, a loss weighting in its paper, keeps ``"weighted"``.
+    default_task_specific: TaskSpecific = "plain"
 
     def check_losses(self, names: list[str], values: Tensor) -> None:
         """Raise if this step's detached losses do not suit the method (before any backward)."""
@@ -139,20 +149,6 @@ class GradientMethod(EngineSteps, MicroBatches, Weighting):
         return self.shared.resolve(type(self).__name__)
 
     # ------------------------------------------------------------------ API
-    def forward(self, losses: Losses, *, representation: Tensor | None = None) -> Tensor:
-        """Return :math:`\\sum_t \\operatorname{sg}(w_t) L_t` (``task_specific="weighted"``)."""
-        if self.task_specific == "plain":
-            name = type(self).__name__
-            raise TypeError(
-                f"{name}(task_specific='plain') gives the shared parameters the combined "
-                "gradient and the task-specific ones the plain gradient of sum_t L_t, which no "
-                f"weighted total can express: call {name}.backward(losses) instead of "
-                f"{name}(losses).backward(), or build it with task_specific='weighted'"
-            )
-        if self.direction_only:  # before any state moves
-            raise TypeError(self._no_total())
-        return super().forward(losses, representation=representation)
-
     def _no_total(self) -> str:
         name = type(self).__name__
         return (
@@ -160,7 +156,13 @@ class GradientMethod(EngineSteps, MicroBatches, Weighting):
             f"total gives it: call {name}.backward(losses) instead of {name}(losses)"
         )
 
-    def backward(self, losses: Losses, *, representation: Tensor | None = None) -> dict[str, float]:
+    def backward(
+        self,
+        losses: Losses,
+        *,
+        representation: Tensor | None = None,
+        backward_fn: Callable[[Tensor], object] | None = None,
+    ) -> dict[str, float]:
         """Backpropagate: :math:`d` on the shared inputs, the rest as ``task_specific`` says.
 
         Returns the weights (coefficients :math:`w` of :math:`d = J^\\top w`) by task.
@@ -169,11 +171,18 @@ class GradientMethod(EngineSteps, MicroBatches, Weighting):
         :mod:`mtlweight._engine.plans`): the general one backpropagates the total
         once more with :math:`d` in place of its gradient at the shared inputs;
         the others assemble the update from the per-task passes where the graph
-        allows it (:attr:`assemble`), with the same results up to rounding.
+        allows it (:attr:`assemble`), with the same results up to rounding. With
+        ``backward_fn`` (a trainer's ``manual_backward`` or ``accelerator.backward``) the
+        total of :meth:`forward` is handed to it instead: every ``.grad`` then comes from
+        that function, where the trainer reduces the gradients under DDP.
         """
+        if backward_fn is not None:
+            backward_fn(self(losses, representation=representation))
+            return self.weights
         fresh = self.tasks is None
         try:
             names, tensors, values = self._prepare(losses)
+            self._check_reached(names, tensors, representation)
             reused = self.reused_weights(names)
             if reused is not None and self.task_specific == "weighted":
                 self._record(names, reused.to(values))  # no per-task passes at all

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -86,6 +86,7 @@ class DBMTL(ParameterState):
     tensor([2., 2.])
     """
 
+    accumulable = False  # accumulate() says why
     direction_only = True  # d is not J^T w: weighting(losses) raises at once
 
     def __init__(
@@ -110,13 +111,29 @@ class DBMTL(ParameterState):
         self.average: Tensor | None = None  # (T, P), in the order of ``tasks``
         self.calls = 0
 
-    def backward(self, losses: Losses, *, representation: Tensor | None = None) -> dict[str, float]:
-        """Backpropagate :math:`d` (shared inputs) for the log-losses; return the weights."""
+    def _logs(self, losses: Losses) -> dict[str, Tensor]:
+        """:math:`\\log(L_t + \\epsilon)` by task, after checking that no loss is negative."""
         names, tensors = normalise_losses(losses)
         detached = torch.stack([t.detach().reshape(()).double().cpu() for t in tensors])
         check_non_negative(names, detached, "DBMTL")
-        logs = {n: torch.log(t + self.eps) for n, t in zip(names, tensors, strict=True)}
-        return super().backward(logs, representation=representation)
+        return {n: torch.log(t + self.eps) for n, t in zip(names, tensors, strict=True)}
+
+    def forward(self, losses: Losses, *, representation: Tensor | None = None) -> Tensor:
+        """A total of the log-losses whose backward pass writes :math:`d` (see :meth:`backward`)."""
+        return super().forward(self._logs(losses), representation=representation)
+
+    def backward(
+        self,
+        losses: Losses,
+        *,
+        representation: Tensor | None = None,
+        backward_fn: Callable[[Tensor], object] | None = None,
+    ) -> dict[str, float]:
+        """Backpropagate :math:`d` (shared inputs) for the log-losses; return the weights."""
+        if backward_fn is not None:  # forward takes the logs itself
+            backward_fn(self(losses, representation=representation))
+            return self.weights
+        return super().backward(self._logs(losses), representation=representation)
 
     def accumulate(self, losses: Losses) -> None:
         """Not available: the log of a sum of micro-batch losses is no sum of their logs."""

@@ -88,6 +88,7 @@ class GradientBalance(GramWeighting):
     >>> total.backward()
     """
 
+    default_task_specific = "weighted"  # the paper weights the losses: sum_t w_t L_t
     min_tasks = 2
     diagonal_only = True  # the T norms, not the T (T + 1) / 2 entries of G
     _why_min_tasks = "with a single task its weight 1 - g/g is always zero"

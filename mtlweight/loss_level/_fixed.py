@@ -116,6 +116,12 @@ class Fixed(Weighting):
                 f"{len(names)} losses ({names})"
             )
 
+    def current_weights(self, names: list[str]) -> list[float]:
+        """The given weights (known without a call)."""
+        self._check_tasks(names)
+        weights: list[float] = self.compute_weights(names, [], _NO_VALUES).tolist()
+        return weights
+
     def compute_weights(
         self,
         names: list[str],

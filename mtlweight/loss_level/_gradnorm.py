@@ -104,6 +104,11 @@ class GradNorm(Stateful):
     """
 
     min_tasks = 2
+    accumulable = False
+    _why_not_accumulable = (
+        "its weights follow this step's gradient norms of the weighted losses, which a sum "
+        "of micro-batches does not give; call it on each whole batch"
+    )
     _why_min_tasks = "with a single task the renormalised weight is always 1"
     context_options = ("shared",)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -59,6 +60,12 @@ class LearnedScale(Weighting):
     context_options = ("tasks",)
 
     s: nn.Parameter
+    accumulable = False
+    _why_not_accumulable = (
+        "its weights are trained through the total, whose regulariser r(s) would count once "
+        "per micro-batch; call weighting(losses) on each micro-batch with its losses divided "
+        "by their number and the regulariser's share is off by that factor, or use a whole batch"
+    )
 
     def __init__(self, tasks: Sequence[str] | int, *, init: float = 0.0, **kwargs: Any) -> None:
         names = _names(tasks, type(self).__name__)
@@ -80,6 +87,12 @@ class LearnedScale(Weighting):
         order = self.task_map(names)
         return order.to_call(coefficients), order.to_call(regularisers)
 
+    def current_weights(self, names: list[str]) -> list[float]:
+        """The coefficients :math:`c_t` at the current parameters."""
+        coefficients = self.terms(self.s.detach())[0]
+        found: list[float] = self.task_map(names).to_call(coefficients).tolist()
+        return found
+
     def compute_weights(
         self,
         names: list[str],
@@ -99,4 +112,28 @@ class LearnedScale(Weighting):
         coefficients, regularisers = self._terms_for(names, stacked.device)
         total = (coefficients.to(dtype) * stacked + regularisers.to(dtype)).sum()
         self._record(names, coefficients.detach())
+        self._check_trained()
         return total
+
+    #: Training calls after which parameters that have gradients but never moved warn.
+    stuck_after: int = 3
+
+    def _check_trained(self) -> None:
+        """Warn once if ``s`` has a gradient but never changed: it is not in the optimizer."""
+        state = self.__dict__
+        if state.get("_trained"):
+            return
+        first = state.get("_first_s")
+        if first is None:
+            state["_first_s"] = self.s.detach().clone()
+            return
+        if not torch.equal(self.s.detach(), first):
+            state["_trained"] = True  # it moves: never checked again
+        elif self.step > self.stuck_after and self.s.grad is not None and bool(self.s.grad.any()):
+            state["_trained"] = True  # warned once
+            warnings.warn(
+                f"{type(self).__name__}'s parameters s have had gradients for {self.step - 1} "
+                "steps but never changed, so its weights are stuck at their initial values: "
+                "give weighting.parameters() to the optimizer with the model's",
+                stacklevel=3,
+            )

@@ -135,7 +135,13 @@ class RandomLossWeighting(Seeded):
         representation: Tensor | None = None,
     ) -> Tensor:
         weights = self.sample(values.numel()).to(device=values.device, dtype=values.dtype)
-        return self.statistic("weights", weights)
+        weights = self.statistic("weights", weights)
+        # the draws go to the tasks in sorted order of their names, so that a call with
+        # the same losses under permuted keys gives each task the same weight
+        order = sorted(range(len(names)), key=names.__getitem__)
+        placed = torch.empty_like(weights)
+        placed[order] = weights
+        return placed
 
     def extra_repr(self) -> str:
         parts = [repr(self.distribution), f"seed={self.seed}"]

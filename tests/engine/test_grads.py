@@ -180,15 +180,23 @@ def test_j_methods_hold_the_shared_gradients_once_as_views_of_j() -> None:
 
 
 @pytest.mark.parametrize("name", ["db_mtl", "moco", "graddrop"])
-def test_direction_methods_refuse_a_weighted_total_before_moving_their_state(name: str) -> None:
+def test_direction_methods_give_a_weighted_total_equal_to_backward(name: str) -> None:
+    """Weighted heads and a direction: ``weighting(losses).backward()`` is ``.backward``."""
     torch.manual_seed(0)
     net = Net()
     weighting = mw.get(name, shared=net.trunk, task_specific="weighted")
     weighting.backward(losses_of(net, torch.rand(2, 3, 6, 6))[1])  # one step: a state exists
-    state = copy.deepcopy(weighting.state_dict())
-    with pytest.raises(TypeError, match="not a weighted sum"):
-        weighting(losses_of(net, torch.rand(2, 3, 6, 6))[1])
-    assert_same(weighting.state_dict(), state)
+    twin = mw.get(name, shared=net.trunk, task_specific="weighted")
+    twin.load_state_dict(weighting.state_dict())
+    x = torch.rand(2, 3, 6, 6)
+    net.zero_grad(set_to_none=True)
+    weighting.backward(losses_of(net, x)[1])
+    expected = [p.grad.clone() for p in net.parameters()]  # type: ignore[union-attr]
+    net.zero_grad(set_to_none=True)
+    twin(losses_of(net, x)[1]).backward()
+    for p, e in zip(net.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, e, rtol=1e-5, atol=1e-6)
+    assert_same(twin.state_dict(), weighting.state_dict())
 
 
 def assert_same(got: object, expected: object) -> None:

@@ -92,6 +92,7 @@ def grads_of(
 ) -> Step:
     """The weights and every parameter's ``.grad`` of one ``backward`` (``general``: no cut)."""
     weighting = mw.get(name, shared=net.last, task_specific=mode)
+    weighting.allow_unreached = True  # the graph "alone" has a task that skips net.last
     with monkeypatch.context() as patch:
         if general:
             patch.setattr(plans, "shared_cut", lambda *args, **kwargs: None)

@@ -258,6 +258,10 @@ def test_a_task_that_does_not_reach_the_shared_parameters(method: str) -> None:
     weighting = make(method, model.trunk)
     losses = model.losses()
     losses["constant"] = model.head("pixel").bias.sum() * 0 + 1.0  # no path to the trunk
+    with pytest.raises(ValueError, match=r"the loss of task 'constant' reaches none of the"):
+        weighting.backward(losses)  # a silent no-op otherwise (issue 26)
+    assert weighting.step == 0 and all(p.grad is None for p in model.parameters())
+    weighting.allow_unreached = True  # the documented escape: its gradient counts as zero
     weights = weighting.backward(losses)
     assert all(math.isfinite(w) for w in weights.values()), weights
 
@@ -418,7 +422,7 @@ def test_exported() -> None:
 
 def test_repr(model: TinyMultiTask) -> None:
     assert repr(mw.PCGrad(model.trunk)) == "PCGrad(task_specific='plain', seed=0)"
-    assert repr(mw.CAGrad(model.trunk)) == "CAGrad(task_specific='weighted', c=0.4, rescale=1)"
+    assert repr(mw.CAGrad(model.trunk)) == "CAGrad(task_specific='plain', c=0.4, rescale=1)"
     assert repr(mw.MGDA(tasks=["a", "b"])) == (
-        "MGDA(tasks=['a', 'b'], task_specific='weighted', normalization='none')"
+        "MGDA(tasks=['a', 'b'], task_specific='plain', normalization='none')"
     )

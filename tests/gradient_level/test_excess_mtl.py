@@ -99,7 +99,7 @@ def test_invariant_to_the_scale_of_each_task(seed: int, factors: list[float]) ->
 
 
 def test_weighted_total_and_resume(model: TinyMultiTask, tmp_path: Path) -> None:
-    excess = mw.ExcessMTL(model.trunk, robust_step_size=0.5)
+    excess = mw.ExcessMTL(model.trunk, robust_step_size=0.5, task_specific="weighted")
     for _ in range(3):
         check_total_gradient(excess, model.losses, list(model.parameters()))
     check_state_dict_round_trip(

@@ -256,6 +256,9 @@ def test_task_not_reaching_shared_gets_zero_norm(model: TinyMultiTask) -> None:
     losses["head_only"] = model.head("pixel").weight.square().sum()  # needs no trunk
     losses["constant"] = torch.tensor(2.5)  # needs nothing at all
     gb = mw.GradientBalance(shared=model.trunk)
+    with pytest.raises(ValueError, match=r"tasks 'head_only', 'constant' reach"):
+        gb(losses)
+    gb.allow_unreached = True
     gb(losses)
     weights = gb.weights
     assert weights["head_only"] == 1.0
@@ -274,6 +277,9 @@ def test_all_zero_norms_give_equal_weights(tasks: int) -> None:
     other = nn.Parameter(torch.ones(2))
     losses = [(other * (t + 1)).square().sum() for t in range(tasks)]  # none reaches `shared`
     gb = mw.GradientBalance(shared=[shared])
+    with pytest.raises(ValueError, match="GradientBalance: no loss reaches the 1 shared"):
+        gb(losses)
+    gb.allow_unreached = True
     total = gb(losses)
     assert gb.weights == pytest.approx({str(t): 1 - 1 / tasks for t in range(tasks)})
     total.backward()  # type: ignore[no-untyped-call]

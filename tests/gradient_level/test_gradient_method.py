@@ -133,13 +133,20 @@ def test_plain_mode_accumulates_and_removes_its_hooks(model: TinyMultiTask) -> N
     np.testing.assert_allclose(grads_of(params), sum(reference.values()), rtol=1e-5, atol=1e-5)
 
 
-def test_call_in_plain_mode_raises_and_says_what_to_do(model: TinyMultiTask) -> None:
-    pcgrad = mw.PCGrad(model.trunk)
-    with pytest.raises(TypeError, match=r"call PCGrad.backward\(losses\) instead"):
-        pcgrad(model.losses())
-    assert pcgrad.step == 0
-    with pytest.raises(TypeError, match=r"task_specific='weighted'"):
-        Recorder(model.trunk, task_specific="plain")(model.losses())
+def test_call_in_plain_mode_returns_a_total_with_the_update(model: TinyMultiTask) -> None:
+    """Plain heads: ``weighting(losses).backward()`` gives what ``.backward(losses)`` gives."""
+    params = list(model.parameters())
+    Recorder(model.trunk, task_specific="plain").backward(model.losses())
+    expected = grads_of(params)
+    model.zero_grad(set_to_none=True)
+    recorder = Recorder(model.trunk, task_specific="plain")
+    total = recorder(model.losses())
+    assert recorder.step == 1
+    values = [v.item() for v in model.losses().values()]
+    weighted = sum(w * v for w, v in zip(recorder.weights.values(), values, strict=True))
+    np.testing.assert_allclose(total.item(), weighted, rtol=1e-6)
+    total.backward()  # type: ignore[no-untyped-call]
+    np.testing.assert_allclose(grads_of(params), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_backward_returns_the_weights(model: TinyMultiTask) -> None:
@@ -199,9 +206,6 @@ def test_forward_hooks_fire_in_both_modes(model: TinyMultiTask, mode: str) -> No
     recorder.register_forward_hook(lambda module, args, output: seen.append(module.weights))
     recorder.backward(model.losses())
     assert seen == [recorder.weights] and recorder.step == 1
-    if mode == "plain":  # the TypeError of __call__ is back once backward is done
-        with pytest.raises(TypeError):
-            recorder(model.losses())
 
 
 class Sign(mw.GradientMethod):
@@ -224,10 +228,15 @@ def test_a_direction_goes_to_the_shared_parameters(model: TinyMultiTask) -> None
     np.testing.assert_allclose(list(weights.values()), w_ref, rtol=1e-4, atol=1e-6)
 
 
-def test_a_direction_cannot_be_a_weighted_total(model: TinyMultiTask) -> None:
-    sign = Sign(model.trunk)
-    with pytest.raises(TypeError, match=r"not a weighted sum .* Sign.backward\(losses\)"):
-        sign(model.losses())
+@pytest.mark.parametrize("mode", ["weighted", "plain"])
+def test_a_direction_comes_back_as_a_total(model: TinyMultiTask, mode: str) -> None:
+    """A direction that is no weighted sum still has a total to backpropagate (issue 26)."""
+    params = list(model.parameters())
+    Sign(model.trunk, task_specific=mode).backward(model.losses())
+    expected = grads_of(params)
+    model.zero_grad(set_to_none=True)
+    Sign(model.trunk, task_specific=mode)(model.losses()).backward()
+    np.testing.assert_allclose(grads_of(params), expected, rtol=1e-5, atol=1e-5)
 
 
 class _Wrong(mw.GramWeighting):

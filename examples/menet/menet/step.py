@@ -69,8 +69,8 @@ def train_step(
         Loss modules by task name (see :func:`menet.building.build_losses`).
     weighting : mtlweight.Weighting
         Backpropagates with ``weighting.backward(losses)``, the convention of
-        every strategy; with a ``scaler``, ``scaler.scale(weighting(losses)).backward()``,
-        which gradient-level methods in ``task_specific="plain"`` mode cannot do.
+        every strategy; with a ``scaler``, ``scaler.scale(weighting(losses)).backward()``
+        (every strategy's total backpropagates its update, scaled).
     optimizer, scheduler
         Stepped once each (the scheduler per iteration).
     representation : bool
