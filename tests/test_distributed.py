@@ -186,6 +186,10 @@ def _generic_specs(name: str) -> list[dict[str, Any]]:
             spec["representation"] = "inner"
     spec["exact"] = name in EXACT_BY_STRATEGY
     spec["linear"] = name in LINEAR_BY_STRATEGY
+    if spec["linear"] and isinstance(weighting, mw.GradientMethod):
+        # the linear checks' premise, .grad = sum_t w_t grad L_t, is the weighted mode (plain
+        # heads, the default since issue 26, run under DDP in tests/test_trainers.py)
+        spec["options"]["task_specific"] = "weighted"
     if not any(p.requires_grad for p in weighting.parameters()):
         return [spec]
     wrapped = {**spec, "id": f"{name}-wrapped", "wrap": True}
