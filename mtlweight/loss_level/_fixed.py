@@ -119,7 +119,7 @@ class Fixed(Weighting):
     def current_weights(self, names: list[str]) -> list[float]:
         """The given weights (known without a call)."""
         self._check_tasks(names)
-        weights: list[float] = self.compute_weights(names, [], _NO_VALUES).tolist()
+        weights: list[float] = self.compute_weights(names, [], NO_VALUES).tolist()
         return weights
 
     def compute_weights(
