@@ -170,7 +170,7 @@ def run(
         "history": [], "step_seconds": [], "train_seconds": 0.0, "eval_seconds": 0.0,
     }  # fmt: skip
     if checkpoint_path.exists():
-        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         old = RunConfig.from_json(saved["config"])
         if old != config:
             raise ValueError(

@@ -1,4 +1,7 @@
-"""The findings of issue 26 ("mtlweight where people train"), one test (or more) each.
+"""What a training loop relies on, for every strategy: a loss that reaches none of the shared
+inputs is an error naming the task, evaluation calls are pure, heads get their plain gradients
+by default, accumulation weights a whole optimizer step once, and keys, options and learned
+weights are checked.
 
 Each test failed before the fix it names. The trainer matrix (findings 1 and 2) is in
 ``tests/test_trainers.py`` and ``tests/test_total.py``.
